@@ -1,0 +1,3 @@
+from pocketpilot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""Command line: ``pocketpilot compress | list | complete | serve | eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from pocketpilot.errors import PocketPilotError, PositionError
+
+
+def _stderr_progress(message: str, fraction: float | None) -> None:
+    pct = f"[{fraction * 100:3.0f}%] " if fraction is not None else "       "
+    print(f"{pct}{message}", file=sys.stderr, flush=True)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def cmd_compress(args) -> int:
+    from pocketpilot.compression import compress
+
+    res = compress(args.teacher, args.method, force=args.force, eval_tasks=args.eval_tasks,
+                   progress=_stderr_progress)
+    s = res.summary()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    m = s["metrics"]
+    print(f"artifact {s['artifact_id']} {'(cached)' if s['reused'] else '(new)'}: {s['folder']}")
+    print(f"  size {_human(s['artifact_bytes'])} vs teacher {_human(s['teacher_fp32_bytes'])} in fp32 "
+          f"({100 * s['artifact_bytes'] / s['teacher_fp32_bytes']:.1f}%)")
+    if m:
+        t, a = m["teacher"], m["artifact"]
+        print(f"  line completion ({m['tasks']}): ES {a['es']:.1f} vs teacher {t['es']:.1f}, "
+              f"EM {a['em']:.1f}% vs {t['em']:.1f}%; p50 {a['latency_ms_p50']:.0f} ms vs {t['latency_ms_p50']:.0f} ms")
+    print("  active: yes (pocketpilot serve / complete use it)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from pocketpilot.compression import home, list_artifacts
+
+    rows = list_artifacts()
+    if args.json:
+        print(json.dumps({"home": str(home()), "artifacts": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no artifacts in {home()}; create one with: pocketpilot compress")
+        return 0
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        if not r["ok"]:
+            print(f"{mark} {r['id']}  BROKEN: {r['error']}")
+            continue
+        es = r["metrics"].get("artifact", {}).get("es") if r["metrics"] else None
+        print(f"{mark} {r['id']}  {r['method']:5s} {_human(r['artifact_bytes']):>9s}  teacher {r['teacher']}"
+              + (f"  ES {es:.1f}" if es is not None else "") + f"  {r['folder']}")
+    print("(* = active)")
+    return 0
+
+
+def read_position(path: Path, line: int, col: int) -> tuple[str, str]:
+    """Split a file at a 1-based ``line`` and 1-based ``col`` (characters) into (prefix, suffix).
+
+    Raises:
+        PocketPilotError: the file cannot be read.
+        PositionError: the position lies outside the file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PocketPilotError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PocketPilotError(f"cannot read {path}: {exc}") from None
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise PositionError(f"line {line} is outside {path} (1..{len(lines)}; positions are 1-based)")
+    if not 1 <= col <= len(lines[line - 1]) + 1:
+        raise PositionError(
+            f"column {col} is outside line {line} of {path} (1..{len(lines[line - 1]) + 1}; positions are 1-based)"
+        )
+    offset = sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+    return text[:offset], text[offset:]
+
+
+def cmd_complete(args) -> int:
+    from pocketpilot.compression.api import load_any
+    from pocketpilot.runtime import CompletionEngine, EngineSettings
+
+    prefix, suffix = read_position(Path(args.file), args.line, args.col)
+    engine = CompletionEngine(load_any(args.model), EngineSettings(max_new_tokens=args.max_new_tokens))
+    results = [engine.complete(prefix, suffix) for _ in range(max(1, args.repeat))]
+    c = results[-1]
+    if args.repeat > 1:
+        lat = sorted(r.total_ms for r in results[1:] or results)
+        print(f"{len(results)} runs: median {statistics.median(lat):.1f} ms (warm, first run excluded), "
+              f"min {lat[0]:.1f} ms, max {lat[-1]:.1f} ms", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"text": c.text, "raw": c.raw, "prompt_tokens": c.prompt_tokens,
+                          "new_tokens": c.new_tokens, "prefill_ms": round(c.prefill_ms, 1),
+                          "decode_ms": round(c.decode_ms, 1)}))
+    else:
+        print(c.text)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from pocketpilot.lsp_server.server import run
+
+    run(tcp_port=args.tcp, host=args.host, artifact=args.model)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from pocketpilot.compression.api import load_any
+    from pocketpilot.evaluation.line_completion import evaluate_lines
+    from pocketpilot.evaluation.tasks import make_tasks, read_tasks, write_tasks
+    from pocketpilot.runtime import CompletionEngine
+
+    if args.models and args.models[0] == "make-tasks":
+        if len(args.models) != 2:
+            raise PocketPilotError("usage: pocketpilot eval make-tasks DIR --n N --seed S --out FILE")
+        tasks = make_tasks(Path(args.models[1]), n=args.n, seed=args.seed)
+        out = Path(args.out or "tasks.jsonl")
+        write_tasks(tasks, out)
+        print(f"wrote {len(tasks)} tasks to {out}", file=sys.stderr)
+        return 0
+    tasks = read_tasks(Path(args.tasks)) if args.tasks else make_tasks(n=args.n, seed=args.seed)
+    if args.limit:
+        tasks = tasks[: args.limit]
+    report = {"tasks": args.tasks or f"stdlib n={args.n} seed={args.seed}", "models": {}}
+    for name in args.models or [None]:
+        label = name or "active"
+        res = evaluate_lines(CompletionEngine(load_any(name)), tasks,
+                             progress=lambda it: tqdm(it, desc=label, file=sys.stderr))
+        report["models"][label] = res
+        print(f"{label}: n={res['n']} ES {res['es']:.2f} EM {res['em']:.2f}% p50 {res['latency_ms_p50']} ms "
+              f"p95 {res['latency_ms_p95']} ms decode {res['decode_ms_per_token']} ms/token")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pocketpilot.compression.quantize import METHODS
+    from pocketpilot.compression.teachers import ACCEPTED_FORMS, DEFAULT_TEACHER
+
+    p = argparse.ArgumentParser(prog="pocketpilot", description="On-device code completion from a model compressed for this machine.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress a teacher into a cached artifact and make it active")
+    c.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER}): {ACCEPTED_FORMS}")
+    c.add_argument("--method", default="int8", help="; ".join(f"{k}: {v.description}" for k, v in METHODS.items()))
+    c.add_argument("--force", action="store_true", help="rebuild even if the artifact is cached")
+    c.add_argument("--eval-tasks", type=int, default=20, metavar="N",
+                   help="score artifact and teacher on N stdlib line-completion tasks (0 skips; default 20)")
+    c.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes)")
+    c.set_defaults(func=cmd_compress)
+
+    ls = sub.add_parser("list", help="list cached artifacts (* = active)")
+    ls.add_argument("--json", action="store_true", help="print JSON (sizes in bytes)")
+    ls.set_defaults(func=cmd_list)
+
+    k = sub.add_parser("complete", help="print the completion at a position of a file")
+    k.add_argument("file", help="source file")
+    k.add_argument("--line", type=int, required=True, help="line number, 1-based (as editors show it)")
+    k.add_argument("--col", type=int, required=True,
+                   help="column, 1-based, in characters; the cursor sits before this character (len+1 = end of line)")
+    k.add_argument("--model", help="artifact id or folder, or a teacher spec (default: the active artifact)")
+    k.add_argument("--max-new-tokens", type=int, default=48)
+    k.add_argument("--repeat", type=int, default=1, help="run N times and report the median latency on stderr")
+    k.add_argument("--json", action="store_true", help="print text, token counts and timings as JSON")
+    k.set_defaults(func=cmd_complete)
+
+    s = sub.add_parser("serve", help="run the language server (stdio by default)")
+    s.add_argument("--tcp", type=int, metavar="PORT", help="listen on TCP instead of stdio")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--model", help="artifact id or folder (default: the active artifact)")
+    s.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("eval", help="score models on line completion; or: eval make-tasks DIR --n N --seed S --out FILE")
+    e.add_argument("models", nargs="*", help="artifact ids/folders or teacher specs (default: the active artifact)")
+    e.add_argument("--tasks", help="JSONL task file (default: cut --n tasks from the Python standard library)")
+    e.add_argument("--n", type=int, default=50)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--limit", type=int)
+    e.add_argument("--out", help="make-tasks: output JSONL")
+    e.add_argument("--json", metavar="OUT", help="write results as JSON")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except PocketPilotError as exc:
+        print(f"pocketpilot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pocketpilot: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,29 @@
+"""User-facing errors: one line that says what went wrong and what to do."""
+
+
+class PocketPilotError(Exception):
+    """An error caused by the user's input or environment.
+
+    The message is a single line meant to be shown as-is (CLI stderr, LSP
+    ``window/showMessage``); it says what to do next. Subclasses refine the kind.
+    """
+
+
+class UnknownTeacherError(PocketPilotError, ValueError):
+    """A teacher spec matched none of the accepted forms."""
+
+
+class UnknownMethodError(PocketPilotError, ValueError):
+    """A quantization method name is not in the registry."""
+
+
+class FetchError(PocketPilotError):
+    """A teacher could not be fetched (no network, hash mismatch, missing file)."""
+
+
+class ArtifactError(PocketPilotError):
+    """An artifact is missing, partial or corrupt."""
+
+
+class PositionError(PocketPilotError, ValueError):
+    """A cursor position lies outside the document."""

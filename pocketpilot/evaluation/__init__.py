@@ -1,0 +1,1 @@
+"""Benchmarks: line-completion tasks, metrics, and runners over a completion engine."""

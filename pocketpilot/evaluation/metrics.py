@@ -1,0 +1,23 @@
+"""Line-completion metrics: edit similarity (ES) and exact match (EM)."""
+
+from __future__ import annotations
+
+
+def edit_similarity(pred: str, gt: str) -> float:
+    """Edit similarity, 0-100: rapidfuzz ``fuzz.ratio`` (Indel distance) of the stripped strings.
+
+    Same value as fuzzywuzzy's ``fuzz.ratio`` used by the CodeXGLUE evaluator.
+    """
+    from rapidfuzz import fuzz
+
+    return float(fuzz.ratio(pred.strip(), gt.strip()))
+
+
+def exact_match(pred: str, gt: str) -> bool:
+    """Exact match: equal after splitting on whitespace (CodeXGLUE's ``pred.split() == gt.split()``)."""
+    return pred.split() == gt.split()
+
+
+def first_line(text: str) -> str:
+    """The first line of ``text`` (metrics score only the first predicted line)."""
+    return text.split("\n", 1)[0]

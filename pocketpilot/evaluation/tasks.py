@@ -1,0 +1,116 @@
+"""Line-completion tasks cut from real source files.
+
+A task is a JSON object ``{"id", "prefix", "suffix", "gt", "lang"}``: ``prefix`` is the file
+up to the cursor, ``gt`` the rest of that line, ``suffix`` everything after that line.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sysconfig
+from pathlib import Path
+
+from pocketpilot.errors import PocketPilotError
+
+LANGS = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".go": "go",
+         ".rs": "rust", ".c": "c", ".h": "c", ".cpp": "cpp", ".rb": "ruby", ".lua": "lua"}
+
+
+def default_source_dir() -> Path:
+    """The Python standard library of the running interpreter (the documented default corpus)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def source_files(root: Path, exts: tuple[str, ...] = (".py",)) -> list[Path]:
+    """Source files under ``root`` with one of ``exts``, sorted, skipping tests and site-packages."""
+    skip = {"site-packages", "test", "tests", "__pycache__", "idlelib", "lib2to3"}
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix in exts and p.is_file() and not skip.intersection(p.relative_to(root).parts[:-1])
+    )
+
+
+def make_tasks(root: Path | None = None, n: int = 100, seed: int = 0, min_prefix_chars: int = 200,
+               exts: tuple[str, ...] = (".py",)) -> list[dict]:
+    """Cut ``n`` line-completion tasks from source files under ``root``, deterministically.
+
+    Each task picks a file and a line at random (lines with at least 8 non-blank characters,
+    not comments), then a cursor column strictly inside the line's code (after the
+    indentation, before the last character), so ``gt`` is never empty.
+
+    Raises:
+        PocketPilotError: ``root`` is missing or holds no usable source file.
+    """
+    root = Path(root) if root else default_source_dir()
+    if not root.is_dir():
+        raise PocketPilotError(f"source folder not found: {root}")
+    files = source_files(root, exts)
+    if not files:
+        raise PocketPilotError(f"no {'/'.join(exts)} files under {root}")
+    rng = random.Random(seed)
+    tasks: list[dict] = []
+    attempts = 0
+    while len(tasks) < n and attempts < n * 50:
+        attempts += 1
+        path = rng.choice(files)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        lines = text.split("\n")
+        offsets = [0]
+        for line in lines[:-1]:
+            offsets.append(offsets[-1] + len(line) + 1)
+        candidates = [
+            i for i, line in enumerate(lines)
+            if len(line.strip()) >= 8 and not line.lstrip().startswith(("#", '"""', "'''")) and offsets[i] >= min_prefix_chars
+        ]
+        if not candidates:
+            continue
+        i = rng.choice(candidates)
+        line = lines[i].rstrip()
+        indent = len(line) - len(line.lstrip())
+        col = rng.randrange(indent + 1, len(line))
+        start = offsets[i]
+        tasks.append({
+            "id": f"{path.relative_to(root).as_posix()}:{i + 1}:{col}",
+            "prefix": text[: start + col],
+            "suffix": "\n".join(lines[i + 1 :]),
+            "gt": line[col:],
+            "lang": LANGS.get(path.suffix, path.suffix.lstrip(".")),
+        })
+    return tasks
+
+
+def write_tasks(tasks: list[dict], out: Path) -> None:
+    """Write tasks as JSONL."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for t in tasks:
+            f.write(json.dumps(t) + "\n")
+
+
+def read_tasks(path: Path) -> list[dict]:
+    """Read JSONL tasks; each row needs ``prefix`` and ``gt`` (``suffix``, ``id``, ``lang`` optional).
+
+    Raises:
+        PocketPilotError: the file is missing or a row is malformed (names the line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PocketPilotError(f"task file not found: {path}")
+    tasks = []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row["prefix"], row["gt"]
+        except (ValueError, KeyError, TypeError):
+            raise PocketPilotError(f"{path}:{k}: not a task row (need JSON with 'prefix' and 'gt')") from None
+        row.setdefault("suffix", "")
+        row.setdefault("id", f"{path.name}:{k}")
+        row.setdefault("lang", "")
+        tasks.append(row)
+    return tasks

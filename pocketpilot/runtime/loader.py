@@ -1,0 +1,143 @@
+"""Load a model folder (a plain Hugging Face folder or a PocketPilot artifact) for inference.
+
+Never touches the network: everything is read with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketpilot.errors import ArtifactError
+from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, get_submodule_parent
+
+log = logging.getLogger(__name__)
+
+#: Sidecar that marks an artifact with int8 weights and lists the quantized modules.
+QUANT_FILE = "quantization.json"
+INT8_FORMAT = "pocketpilot-int8-weight-only-per-channel/v1"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``; raises ``ValueError`` for other names."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for greedy decoding.
+
+    Attributes:
+        model: a ``transformers`` causal LM in eval mode.
+        tokenizer: its tokenizer.
+        dtype: activation dtype used for inference.
+        folder: where it was loaded from.
+        quantization: the parsed ``quantization.json`` sidecar, or ``None`` for float weights.
+    """
+
+    model: Any
+    tokenizer: Any
+    dtype: torch.dtype
+    folder: Path
+    quantization: dict | None = field(default=None)
+
+
+def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a model folder for inference on CPU.
+
+    Args:
+        folder: a Hugging Face folder (``config.json``, safetensors, tokenizer files), optionally
+            with a ``quantization.json`` sidecar written by :mod:`pocketpilot.compression.quantize`.
+        dtype: activation dtype; default: the sidecar's ``compute_dtype``, else the dtype in
+            ``config.json``, else float32.
+
+    Raises:
+        ArtifactError: the folder is missing, or its files are unreadable or inconsistent.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"no model in {folder} (config.json missing)")
+    quant = None
+    if (folder / QUANT_FILE).is_file():
+        quant = json.loads((folder / QUANT_FILE).read_text())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        if quant is None:
+            if dtype is None:
+                dtype = _config_dtype(config)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        else:
+            if quant.get("format") != INT8_FORMAT:
+                raise ArtifactError(f"{folder / QUANT_FILE}: unsupported format {quant.get('format')!r}")
+            dtype = dtype or dtype_from_name(quant["compute_dtype"])
+            model = _load_int8(folder, config, quant, dtype)
+    except ArtifactError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ArtifactError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, dtype=dtype, folder=folder, quantization=quant)
+
+
+def _config_dtype(config) -> torch.dtype:
+    name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(name, torch.dtype):
+        return name
+    return _DTYPES.get(str(name), torch.float32)
+
+
+def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    install_int8_modules(model, quant, dtype)
+    state = {}
+    for name in quant["weight_files"]:
+        state.update(load_file(folder / name))
+    state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith("weight_scale") else v) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = quant.get("tied") or {}
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in tied]
+    if missing or unexpected:
+        raise ArtifactError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for head, emb in tied.items():
+        parent, name = get_submodule_parent(model, head)
+        setattr(parent, name, model.get_submodule(emb).as_linear())
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if leftover:
+        raise ArtifactError(f"{folder}: weights missing for {leftover[:3]}")
+    return model
+
+
+def install_int8_modules(model, quant: dict, dtype: torch.dtype) -> None:
+    """Replace the modules listed in a ``quantization.json`` sidecar with empty int8 modules.
+
+    ``quant["modules"]`` maps module paths to ``"linear"`` or ``"embedding"``; tied heads
+    (``quant["tied"]``: head path -> embedding path) are re-created after loading.
+    """
+    for path, kind in quant["modules"].items():
+        parent, name = get_submodule_parent(model, path)
+        old = getattr(parent, name)
+        if kind == "linear":
+            new = Int8Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
+        elif kind == "embedding":
+            new = Int8Embedding(old.num_embeddings, old.embedding_dim, dtype=dtype, device="meta")
+        else:
+            raise ArtifactError(f"unknown quantized module kind {kind!r} for {path}")
+        setattr(parent, name, new)

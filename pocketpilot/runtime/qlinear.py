@@ -1,0 +1,134 @@
+"""Weight-only int8 modules: int8 weights with one scale per output channel.
+
+Weights are stored as ``int8`` with a per-output-channel (per-row) symmetric scale,
+``w[n, k] ~= q[n, k] * scale[n]`` with ``q`` in ``[-127, 127]`` (absmax / 127; the
+post-training, weight-only, per-channel recipe that the quantization study of
+Wei et al., FSE'23 found to keep accuracy; activations stay in floating point,
+which is what keeps edit similarity where dynamic int8 activations lose it).
+
+At run time the matmul picks a kernel by the number of rows ``M`` in the input:
+decode (``M <= SMALL_M``, bf16) uses ``torch._weight_int8pack_mm``, which reads the
+int8 weights directly (about 12x faster than a dense bf16 matmul for one token here);
+prefill dequantizes the weight to the activation dtype and runs a dense matmul, which
+is faster for many rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Largest number of input rows served by the int8 kernel; larger inputs dequantize.
+SMALL_M = 16
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantization.
+
+    Args:
+        weight: float tensor ``[N, K]`` (out features x in features, or vocab x hidden).
+
+    Returns:
+        ``(q, scale)``: ``q`` int8 ``[N, K]`` in ``[-127, 127]`` and ``scale`` float32 ``[N]``
+        with ``weight ~= q * scale[:, None]``; an all-zero row gets scale ``1e-8``.
+    """
+    w = weight.detach().to(torch.float32)
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`quantize_per_channel`: ``[N, K]`` int8 and ``[N]`` scales -> ``[N, K]`` ``dtype``."""
+    return q.to(dtype) * scale.to(dtype)[:, None]
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` replacement with int8 weights ``[out, in]`` and float32 scales ``[out]``.
+
+    Input ``[..., in]`` in any float dtype; output ``[..., out]`` in the input's dtype.
+    Buffers: ``weight_int8`` (int8), ``weight_scale`` (float32), optional ``bias``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device))
+        else:
+            self.bias = None
+        self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        """Quantize a float ``nn.Linear`` (per output channel)."""
+        mod = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        mod.weight_int8, mod.weight_scale = quantize_per_channel(linear.weight)
+        if linear.bias is not None:
+            mod.bias = linear.bias.detach().to(torch.float32).clone()
+        return mod
+
+    def _scale(self, dtype: torch.dtype) -> torch.Tensor:
+        cached = self._scale_cache.get(dtype)
+        if cached is None or cached.device != self.weight_scale.device:
+            cached = self.weight_scale.to(dtype)
+            self._scale_cache[dtype] = cached
+        return cached
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.shape[0] <= SMALL_M and x2.dtype == torch.bfloat16 and x2.device.type == "cpu":
+            y = torch._weight_int8pack_mm(x2.contiguous(), self.weight_int8, self._scale(x2.dtype))
+        else:
+            y = F.linear(x2, dequantize_per_channel(self.weight_int8, self.weight_scale, x2.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class Int8Embedding(nn.Module):
+    """``nn.Embedding`` replacement with int8 rows ``[vocab, hidden]`` and float32 scales ``[vocab]``.
+
+    Input: token ids ``[...]``; output ``[..., hidden]`` in ``dtype``. When the LM head is
+    tied to the embedding, :meth:`as_linear` gives an :class:`Int8Linear` sharing the buffers.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.bfloat16, device=None) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.dtype = dtype
+        self.register_buffer("weight_int8", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, dtype: torch.dtype) -> "Int8Embedding":
+        """Quantize a float ``nn.Embedding`` (per row)."""
+        mod = cls(emb.num_embeddings, emb.embedding_dim, dtype=dtype)
+        mod.weight_int8, mod.weight_scale = quantize_per_channel(emb.weight)
+        return mod
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.weight_int8[ids].to(self.dtype)
+        return rows * self.weight_scale[ids].to(self.dtype).unsqueeze(-1)
+
+    def as_linear(self) -> Int8Linear:
+        """An LM head ``[hidden] -> [vocab]`` that shares this embedding's int8 buffers."""
+        head = Int8Linear(self.embedding_dim, self.num_embeddings, bias=False, device="meta")
+        head.weight_int8 = self.weight_int8
+        head.weight_scale = self.weight_scale
+        return head
+
+
+def get_submodule_parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """Return ``(parent, attribute)`` for a dotted module path such as ``model.layers.0.mlp.up_proj``."""
+    parent_path, _, name = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), name
