@@ -1,0 +1,206 @@
+"""pygls server: inline completion (LSP 3.18), plain completion, and the compress command.
+
+stdout is the JSON-RPC channel: nothing here prints; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from pocketpilot import __version__
+from pocketpilot.errors import PocketPilotError, PositionError
+from pocketpilot.lsp_server.settings import ServerSettings
+
+log = logging.getLogger("pocketpilot.server")
+
+COMPRESS_COMMAND = "pocketpilot.compress"
+STATUS_NOTIFICATION = "pocketpilot/status"
+
+
+class PocketPilotServer(LanguageServer):
+    """Language server holding one completion engine, loaded off the event loop."""
+
+    def __init__(self) -> None:
+        super().__init__("pocketpilot", __version__)
+        self.settings = ServerSettings()
+        self.engine = None
+        self.state = "starting"  # starting | loading | ready | no-model | error | compressing
+        self.model_name: str | None = None
+        self.infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-infer")
+        self.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-jobs")
+        self.cli_artifact: str | None = None
+
+    def set_state(self, state: str, message: str | None = None) -> None:
+        """Record the state and send a ``pocketpilot/status`` notification ``{state, model, message}``."""
+        self.state = state
+        self.protocol.notify(STATUS_NOTIFICATION, {"state": state, "model": self.model_name, "message": message})
+
+    async def load_model(self) -> None:
+        """Load the configured artifact in a worker thread; report problems with the fix."""
+        from pocketpilot.compression import load_artifact
+        from pocketpilot.runtime import CompletionEngine, EngineSettings
+
+        self.set_state("loading")
+        name = self.settings.artifact or self.cli_artifact
+        s = self.settings
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(self.infer, load_artifact, name)
+        except PocketPilotError as exc:
+            self.engine = None
+            self.set_state("no-model", str(exc))
+            log.warning("%s", exc)
+            self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"PocketPilot: {exc}"))
+            return
+        self.engine = CompletionEngine(loaded, EngineSettings(
+            max_new_tokens=s.max_new_tokens, prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens))
+        self.model_name = loaded.folder.name
+        self.set_state("ready")
+        log.info("model %s ready (FIM: %s)", self.model_name, self.engine.uses_fim)
+
+    async def complete_at(self, uri: str, position: types.Position) -> tuple[str, str] | None:
+        """Return ``(line text before the cursor, completion)``, or ``None`` when there is nothing.
+
+        Raises:
+            PositionError: the position lies outside the document.
+        """
+        doc = self.workspace.get_text_document(uri)
+        lines = doc.lines
+        if position.line > len(lines) or (position.line == len(lines) and position.character > 0):
+            raise PositionError(f"line {position.line} is outside {uri} ({len(lines)} lines; positions are 0-based)")
+        line = lines[position.line] if position.line < len(lines) else ""
+        if position.character > len(line.rstrip("\r\n").encode("utf-16-le")) // 2:
+            raise PositionError(f"character {position.character} is outside line {position.line} of {uri}")
+        if self.engine is None:
+            return None
+        version, source = doc.version, doc.source
+        offset = doc.offset_at_position(position)
+        prefix, suffix = source[:offset], source[offset:]
+        engine = self.engine
+        result = await asyncio.get_running_loop().run_in_executor(self.infer, engine.complete, prefix, suffix)
+        if self.workspace.get_text_document(uri).version != version:
+            log.debug("document %s changed during inference; answering empty", uri)
+            return None
+        log.info("completion in %.0f ms (%d prompt tokens, %d new)", result.total_ms, result.prompt_tokens, result.new_tokens)
+        if not result.text:
+            return None
+        return prefix.rsplit("\n", 1)[-1], result.text
+
+
+server = PocketPilotServer()
+
+
+@server.feature(types.INITIALIZE)
+def on_initialize(ls: PocketPilotServer, params: types.InitializeParams) -> None:
+    ls.settings, problems = ServerSettings.parse(params.initialization_options)
+    for p in problems:
+        log.warning("%s", p)
+
+
+@server.feature(types.INITIALIZED)
+async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams) -> None:
+    await ls.load_model()
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION)
+async def inline_completion(ls: PocketPilotServer, params: types.InlineCompletionParams):
+    found = await ls.complete_at(params.text_document.uri, params.position)
+    if found is None:
+        return types.InlineCompletionList(items=[])
+    pos = params.position
+    return types.InlineCompletionList(items=[
+        types.InlineCompletionItem(insert_text=found[1], range=types.Range(start=pos, end=pos))
+    ])
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+async def completion(ls: PocketPilotServer, params: types.CompletionParams):
+    """One item with the same text as the inline suggestion, for clients without inline completion.
+
+    The item replaces the identifier before the cursor with identifier + completion, so that
+    clients that filter by the typed word keep it.
+    """
+    found = await ls.complete_at(params.text_document.uri, params.position)
+    if found is None:
+        return types.CompletionList(is_incomplete=True, items=[])
+    line_prefix, text = found
+    word = _trailing_word(line_prefix)
+    start = types.Position(line=params.position.line, character=params.position.character - len(word.encode("utf-16-le")) // 2)
+    new_text = word + text
+    return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+        label=new_text.strip(), kind=types.CompletionItemKind.Text, detail="PocketPilot",
+        filter_text=new_text, sort_text="0",
+        text_edit=types.TextEdit(range=types.Range(start=start, end=params.position), new_text=new_text),
+    )])
+
+
+def _trailing_word(text: str) -> str:
+    i = len(text)
+    while i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
+        i -= 1
+    return text[i:]
+
+
+@server.command(COMPRESS_COMMAND)
+async def compress_command(ls: PocketPilotServer, *args):
+    """``pocketpilot.compress [{"teacher": SPEC, "method": NAME, "force": bool}]`` with ``$/progress``.
+
+    Returns the artifact summary (sizes in bytes) and serves the new artifact.
+    """
+    from pocketpilot.compression import compress
+
+    opts = args[0] if args and isinstance(args[0], dict) else {}
+    loop = asyncio.get_running_loop()
+    token = f"pocketpilot-compress-{uuid.uuid4().hex[:8]}"
+    try:
+        await ls.work_done_progress.create_async(token)
+        has_progress = True
+    except Exception:  # client without window.workDoneProgress
+        has_progress = False
+
+    def report(message: str, fraction: float | None) -> None:
+        log.info("compress: %s", message)
+        if has_progress:
+            value = types.WorkDoneProgressReport(message=message, percentage=None if fraction is None else int(fraction * 100))
+            loop.call_soon_threadsafe(ls.work_done_progress.report, token, value)
+
+    if has_progress:
+        ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="PocketPilot: compressing", cancellable=False))
+    previous = ls.state
+    ls.set_state("compressing")
+    try:
+        result = await loop.run_in_executor(
+            ls.jobs,
+            lambda: compress(opts.get("teacher"), opts.get("method", "int8"), force=bool(opts.get("force")),
+                             eval_tasks=int(opts.get("evalTasks", 20)), progress=report),
+        )
+    except PocketPilotError as exc:
+        ls.set_state(previous)
+        if has_progress:
+            ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"failed: {exc}"))
+        ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"PocketPilot: {exc}"))
+        return {"ok": False, "error": str(exc)}
+    if has_progress:
+        ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"artifact {result.artifact_id} ready"))
+    ls.settings = ServerSettings(**{**ls.settings.__dict__, "artifact": result.artifact_id})
+    await ls.load_model()
+    return {"ok": True, **result.summary()}
+
+
+def run(tcp_port: int | None = None, host: str = "127.0.0.1", artifact: str | None = None) -> None:
+    """Start the server on stdio (default) or TCP. Never touches the network for models."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="pocketpilot %(levelname)s: %(message)s", force=True)
+    server.cli_artifact = artifact
+    if tcp_port is not None:
+        server.start_tcp(host, tcp_port)
+    else:
+        server.start_io()
