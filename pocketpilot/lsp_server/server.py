@@ -46,11 +46,10 @@ class PocketPilotServer(LanguageServer):
     async def load_model(self) -> None:
         """Load the configured artifact in a worker thread; report problems with the fix."""
         from pocketpilot.compression import load_artifact
-        from pocketpilot.runtime import CompletionEngine, EngineSettings
+        from pocketpilot.runtime import CompletionEngine
 
         self.set_state("loading")
         name = self.settings.artifact or self.cli_artifact
-        s = self.settings
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(self.infer, load_artifact, name)
         except PocketPilotError as exc:
@@ -59,8 +58,7 @@ class PocketPilotServer(LanguageServer):
             log.warning("%s", exc)
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"PocketPilot: {exc}"))
             return
-        self.engine = CompletionEngine(loaded, EngineSettings(
-            max_new_tokens=s.max_new_tokens, prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens))
+        self.engine = CompletionEngine(loaded, self.settings.engine_settings())
         self.model_name = loaded.folder.name
         self.set_state("ready")
         log.info("model %s ready (FIM: %s)", self.model_name, self.engine.uses_fim)

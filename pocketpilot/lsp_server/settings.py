@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 
+from pocketpilot.runtime.settings import EngineSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -20,9 +22,9 @@ class ServerSettings:
     """
 
     artifact: str | None = None
-    max_new_tokens: int = 48
-    prefix_tokens: int = 512
-    suffix_tokens: int = 128
+    max_new_tokens: int = EngineSettings.max_new_tokens
+    prefix_tokens: int = EngineSettings.prefix_tokens
+    suffix_tokens: int = EngineSettings.suffix_tokens
 
     @staticmethod
     def camel(name: str) -> str:
@@ -56,3 +58,8 @@ class ServerSettings:
             else:
                 problems.append(f"setting {key!r} must be a positive integer, got {value!r}; using {f.default}")
         return cls(**values), problems
+
+    def engine_settings(self) -> EngineSettings:
+        """The :class:`EngineSettings` these settings ask for."""
+        return EngineSettings(max_new_tokens=self.max_new_tokens, prefix_tokens=self.prefix_tokens,
+                              suffix_tokens=self.suffix_tokens)

@@ -10,36 +10,13 @@ import torch
 
 from pocketpilot.runtime.loader import LoadedModel
 from pocketpilot.runtime.postprocess import finalize
+from pocketpilot.runtime.settings import EngineSettings
 
 #: FIM token spellings, tried in order: (prefix, suffix, middle).
 FIM_STYLES = (
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SmolLM
 )
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Decoding and context settings.
-
-    Attributes:
-        max_new_tokens: decode at most this many tokens (tokens).
-        prefix_tokens: keep at most this many tokens of text before the cursor (tokens).
-        suffix_tokens: keep at most this many tokens of text after the cursor, FIM only (tokens).
-        multiline: if False, stop at the end of the current line.
-    """
-
-    max_new_tokens: int = 48
-    prefix_tokens: int = 1024
-    suffix_tokens: int = 256
-    multiline: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "prefix_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.suffix_tokens < 0:
-            raise ValueError(f"suffix_tokens must be >= 0, got {self.suffix_tokens}")
 
 
 @dataclass

@@ -32,8 +32,6 @@ def trim_suffix_overlap(completion: str, line_prefix: str, suffix: str) -> str:
     rest = first_line(suffix).rstrip()
     if not rest or not completion:
         return completion
-    if completion.endswith(rest):
-        return completion[: -len(rest)]
     for k in range(min(len(rest), len(completion)), 0, -1):
         if completion.endswith(rest[:k]):
             trimmed = completion[:-k]

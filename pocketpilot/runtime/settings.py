@@ -1,0 +1,29 @@
+"""Engine settings (no torch import, so the server can parse settings before loading a model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Decoding and context settings.
+
+    Attributes:
+        max_new_tokens: decode at most this many tokens (tokens).
+        prefix_tokens: keep at most this many tokens of text before the cursor (tokens).
+        suffix_tokens: keep at most this many tokens of text after the cursor, FIM only (tokens).
+        multiline: if False, stop at the end of the current line.
+    """
+
+    max_new_tokens: int = 48
+    prefix_tokens: int = 512
+    suffix_tokens: int = 128
+    multiline: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "prefix_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.suffix_tokens < 0:
+            raise ValueError(f"suffix_tokens must be >= 0, got {self.suffix_tokens}")

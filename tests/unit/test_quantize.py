@@ -1,0 +1,127 @@
+import errno
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pocketpilot.compression import compress, list_artifacts, verify_artifact
+from pocketpilot.compression.api import load_artifact
+from pocketpilot.errors import ArtifactError, PocketPilotError, UnknownMethodError, UnknownTeacherError
+from pocketpilot.runtime import CompletionEngine, load_model_folder
+from pocketpilot.runtime.qlinear import Int8Linear, dequantize_per_channel, quantize_per_channel
+
+
+def test_per_channel_quantization_error_is_bounded():
+    torch.manual_seed(0)
+    w = torch.randn(32, 48) * torch.linspace(0.01, 10, 32)[:, None]  # very different row ranges
+    q, s = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and s.shape == (32,)
+    err = (dequantize_per_channel(q, s, torch.float32) - w).abs()
+    assert (err <= s[:, None] / 2 + 1e-6).all()  # at most half a step, per row
+
+
+@pytest.mark.parametrize("rows", [1, 4, 64])  # int8 kernel (decode) and dequantized matmul (prefill)
+def test_int8_linear_matches_float_linear(rows):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96, bias=True)
+    q = Int8Linear.from_linear(lin)
+    x = torch.randn(rows, 64)
+    ref = lin(x)
+    got = q(x.to(torch.bfloat16)).float()
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=0.08, rtol=0.05), (got - ref).abs().max()
+
+
+def test_int8_artifact_roundtrip_size_and_outputs(pp_home, tiny_teacher):
+    res = compress(str(tiny_teacher), "int8", eval_tasks=0)
+    m = res.manifest
+    assert not res.reused and m["recipe"]["method"] == "int8"
+    assert m["artifact_bytes"] <= 0.30 * m["teacher"]["fp32_bytes"]
+    from safetensors import safe_open
+    with safe_open(str(res.folder / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys() if k.endswith("weight_int8")}
+    assert dtypes == {"I8"}
+    # loads without the teacher: outputs equal the in-memory quantized model, close to the teacher
+    loaded = load_artifact(res.artifact_id)
+    teacher = load_model_folder(tiny_teacher)
+    ids = torch.tensor([teacher.tokenizer.encode("def add(a, b):\n    return a + b\n")])
+    with torch.no_grad():
+        a = loaded.model(ids).logits.float()
+        again = load_artifact(str(res.folder)).model(ids).logits.float()
+        t = teacher.model(ids).logits
+    assert torch.equal(a, again)
+    assert (a.argmax(-1) == t.argmax(-1)).float().mean() > 0.9
+    assert CompletionEngine(loaded).complete("def add(a, b):\n    return", "\n").text == " a + b"
+
+
+@pytest.mark.parametrize("method, dtype", [("bf16", torch.bfloat16), ("none", torch.float32)])
+def test_float_methods(pp_home, tiny_teacher, method, dtype):
+    res = compress(str(tiny_teacher), method, eval_tasks=0, activate=False)
+    loaded = load_artifact(str(res.folder))
+    assert next(loaded.model.parameters()).dtype == dtype
+    assert CompletionEngine(loaded).complete("def add(a, b):\n    return", "\n").text == " a + b"
+
+
+def test_cache_reuse_force_and_list(pp_home, tiny_teacher):
+    first = compress(str(tiny_teacher), "int8", eval_tasks=0)
+    again = compress(str(tiny_teacher), "int8", eval_tasks=0)
+    assert again.reused and again.manifest["created_at"] == first.manifest["created_at"]
+    forced = compress(str(tiny_teacher), "int8", eval_tasks=0, force=True)
+    assert not forced.reused
+    rows = list_artifacts()
+    assert [r["id"] for r in rows] == [first.artifact_id] and rows[0]["active"]
+    assert rows[0]["artifact_bytes"] == first.manifest["artifact_bytes"]
+    assert not list((pp_home / "tmp").iterdir())  # no leftovers from the rebuild
+
+
+def test_unknown_teacher_and_method_write_nothing(pp_home, tiny_teacher):
+    with pytest.raises(UnknownTeacherError, match="packaged alias"):
+        compress("no-such-model", "int8")
+    with pytest.raises(UnknownMethodError, match="supported: none, bf16, int8"):
+        compress(str(tiny_teacher), "int3")
+    with pytest.raises(UnknownTeacherError, match="not found"):
+        compress("./missing/model.gguf")
+    assert not pp_home.exists()
+
+
+def test_corrupt_and_partial_artifacts_are_detected_with_the_fix(pp_home, tiny_teacher):
+    res = compress(str(tiny_teacher), "int8", eval_tasks=0)
+    weights = res.folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"corrupt: model.safetensors fails its sha256 check; rebuild it with: "
+                                            r"pocketpilot compress --teacher .* --method int8 --force"):
+        load_artifact()
+    # compress notices and rebuilds without --force
+    assert not compress(str(tiny_teacher), "int8", eval_tasks=0).reused
+    verify_artifact(res.folder)
+    (res.folder / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="incomplete"):
+        load_artifact()
+    assert not list_artifacts()[0]["ok"]
+
+
+def test_out_of_disk_leaves_nothing_half_written(pp_home, tiny_teacher, monkeypatch):
+    from pocketpilot.compression import quantize
+
+    def full_disk(model, out):
+        (out / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(quantize.METHODS, "int8", quantize.QuantMethod("int8", "test", full_disk))
+    with pytest.raises(PocketPilotError, match="out of disk space"):
+        compress(str(tiny_teacher), "int8", eval_tasks=0)
+    assert not (pp_home / "artifacts").exists() or not list((pp_home / "artifacts").iterdir())
+    assert not list((pp_home / "tmp").iterdir())
+    assert not (pp_home / "active.json").exists()
+
+
+def test_manifest_records_teacher_recipe_versions_and_hashes(pp_home, tiny_teacher):
+    res = compress(str(tiny_teacher), "int8", eval_tasks=3)
+    m = json.loads((res.folder / "manifest.json").read_text())
+    assert m["teacher"]["kind"] == "folder" and m["teacher"]["sha256"]["model.safetensors"]
+    assert set(m["versions"]) >= {"torch", "transformers", "pocketpilot"}
+    assert m["files"]["model.safetensors"]["bytes"] == (res.folder / "model.safetensors").stat().st_size
+    assert m["metrics"]["artifact"]["n"] == 3 and "es_delta" in m["metrics"]
