@@ -74,7 +74,7 @@ class PocketPilotServer(LanguageServer):
         if position.line > len(lines) or (position.line == len(lines) and position.character > 0):
             raise PositionError(f"line {position.line} is outside {uri} ({len(lines)} lines; positions are 0-based)")
         line = lines[position.line] if position.line < len(lines) else ""
-        if position.character > len(line.rstrip("\r\n").encode("utf-16-le")) // 2:
+        if position.character > doc.position_codec.client_num_units(line.rstrip("\r\n")):
             raise PositionError(f"character {position.character} is outside line {position.line} of {uri}")
         if self.engine is None:
             return None
@@ -107,7 +107,7 @@ async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams)
     await ls.load_model()
 
 
-@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION)
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
 async def inline_completion(ls: PocketPilotServer, params: types.InlineCompletionParams):
     found = await ls.complete_at(params.text_document.uri, params.position)
     if found is None:
@@ -130,7 +130,8 @@ async def completion(ls: PocketPilotServer, params: types.CompletionParams):
         return types.CompletionList(is_incomplete=True, items=[])
     line_prefix, text = found
     word = _trailing_word(line_prefix)
-    start = types.Position(line=params.position.line, character=params.position.character - len(word.encode("utf-16-le")) // 2)
+    codec = ls.workspace.get_text_document(params.text_document.uri).position_codec
+    start = types.Position(line=params.position.line, character=params.position.character - codec.client_num_units(word))
     new_text = word + text
     return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
         label=new_text.strip(), kind=types.CompletionItemKind.Text, detail="PocketPilot",
@@ -197,6 +198,7 @@ def run(tcp_port: int | None = None, host: str = "127.0.0.1", artifact: str | No
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="pocketpilot %(levelname)s: %(message)s", force=True)
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # its INFO level traces every message
     server.cli_artifact = artifact
     if tcp_port is not None:
         server.start_tcp(host, tcp_port)

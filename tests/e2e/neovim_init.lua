@@ -140,6 +140,11 @@ local function scenario()
     return vim.lsp.get_clients({ bufnr = bufnr, name = 'pocketpilot' })[1]
   end)
   mark('attached')
+  -- Client:on_attach() schedules the creation of the inline-completion state for the buffer; one
+  -- more trip through the (FIFO) event queue guarantees it ran before we go on.
+  wait_for('the scheduled capability setup', function()
+    return true
+  end)
   wait_for('pocketpilot/status ready', function()
     local last = report.statuses[#report.statuses]
     if last and last.state ~= 'ready' and last.state ~= 'loading' and last.state ~= 'starting' then
@@ -148,7 +153,14 @@ local function scenario()
     return last and last.state == 'ready'
   end)
   mark('ready')
-  assert(client:supports_method('textDocument/inlineCompletion', bufnr), 'server lacks inlineCompletion')
+  report.server_capabilities = client.server_capabilities
+  -- Neovim only attaches inline completion to servers that advertise it in their initialize result.
+  assert(
+    client:supports_method('textDocument/inlineCompletion', bufnr),
+    'the server does not advertise inlineCompletionProvider in its initialize result, so Neovim never '
+      .. 'requests inline completions; server capabilities: '
+      .. table.concat(vim.tbl_keys(client.server_capabilities or {}), ', ')
+  )
   assert(vim.lsp.inline_completion.is_enabled({ bufnr = bufnr }), 'inline completion not enabled')
 
   -- Cursor on `    return` (line 2), then `A` as typed input: Insert mode at the end of the line.

@@ -100,6 +100,10 @@ def test_neovim_shows_and_accepts_the_inline_completion(tiny_home, tmp_path):
 
     assert report["statuses"][-1]["state"] == "ready", context()
     assert "textDocument/inlineCompletion" in report["requests"], context()
+    # the request came from the module's own InsertEnter/CursorMovedI trigger (triggerKind 2 = Automatic)
+    sent = [line for line in lsp_log.read_text(errors="replace").splitlines()
+            if '"rpc.send"' in line and 'method = "textDocument/inlineCompletion"' in line]
+    assert sent and all("triggerKind = 2" in line for line in sent), context()
     # ghost text: virtual text at the end of `    return` while in Insert mode, buffer untouched
     assert report["mode_when_shown"] == "i", context()
     assert (report["ghost_row"], report["ghost_col"]) == (1, 10), context()
