@@ -86,11 +86,15 @@ def quantize_bf16(model: nn.Module, out: Path) -> dict:
     return {"weights": "bfloat16", "activations": "bfloat16"}
 
 
-@register("int8", "weight-only per-channel int8, bf16 activations (1 byte a weight; default)")
+#: LM head logits recomputed exactly in float32 (see :class:`Int8Linear`).
+HEAD_RESCORE_TOPK = 8
+
+
+@register("int8", "weight-only per-channel int8 weights, float activations (1 byte a weight; default)")
 def quantize_int8(model: nn.Module, out: Path) -> dict:
     from safetensors.torch import save_file
 
-    compute = torch.bfloat16
+    compute = torch.float32
     modules = quantize_int8_modules(model, compute)
     tied = {}
     head = model.get_output_embeddings()
@@ -117,7 +121,9 @@ def quantize_int8(model: nn.Module, out: Path) -> dict:
     n_float = sum(t.numel() for k, t in state.items() if t.dtype != torch.int8 and not k.endswith("weight_scale"))
     sidecar = {
         "format": INT8_FORMAT,
-        "compute_dtype": "bfloat16",
+        "compute_dtype": "float32",
+        "matmul_dtype": "bfloat16",
+        "head_rescore_topk": HEAD_RESCORE_TOPK,
         "weight_files": ["model.safetensors"],
         "modules": modules,
         "tied": tied,
@@ -125,17 +131,18 @@ def quantize_int8(model: nn.Module, out: Path) -> dict:
     (out / QUANT_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
     return {
         "weights": "int8 per-channel symmetric (absmax/127)",
-        "activations": "bfloat16",
+        "activations": "float32 residual stream; bf16 matmul inputs; LM head top-8 logits rescored in float32",
         "int8_params": n_int8,
         "float_params": n_float,
         "quantized_modules": len(modules) + len(tied),
     }
 
 
-def quantize_int8_modules(model: nn.Module, compute: torch.dtype = torch.bfloat16) -> dict[str, str]:
+def quantize_int8_modules(model: nn.Module, compute: torch.dtype = torch.float32) -> dict[str, str]:
     """Replace every ``nn.Linear`` and the input ``nn.Embedding`` with int8 modules, in place.
 
-    Returns ``{module path: "linear" | "embedding"}``. A head tied to the embedding is
+    Returns ``{module path: "linear" | "head" | "embedding"}`` (``head``: the LM head, whose
+    top logits are rescored in float32). A head tied to the embedding is
     replaced by a view of the embedding's int8 buffers. Non-quantized parameters (norms) are
     cast to ``compute``.
     """
@@ -150,6 +157,8 @@ def quantize_int8_modules(model: nn.Module, compute: torch.dtype = torch.bfloat1
         elif isinstance(mod, nn.Linear) and not (tied and mod is head):
             new = Int8Linear.from_linear(mod)
             kind = "linear"
+            if mod is head:
+                new.rescore_topk, kind = HEAD_RESCORE_TOPK, "head"
         else:
             continue
         parent, name = get_submodule_parent(model, path)
@@ -158,8 +167,8 @@ def quantize_int8_modules(model: nn.Module, compute: torch.dtype = torch.bfloat1
     if tied and head is not None:
         head_path = next(n for n, m in model.named_modules() if m is head)
         parent, name = get_submodule_parent(model, head_path)
-        setattr(parent, name, model.get_input_embeddings().as_linear())
-        modules[head_path] = "linear"
+        setattr(parent, name, model.get_input_embeddings().as_linear(HEAD_RESCORE_TOPK))
+        modules[head_path] = "head"
     for param in model.parameters():  # norms etc.; int8 modules hold buffers only
         param.data = param.data.to(compute)
     return modules

@@ -118,7 +118,7 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
         raise ArtifactError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for head, emb in tied.items():
         parent, name = get_submodule_parent(model, head)
-        setattr(parent, name, model.get_submodule(emb).as_linear())
+        setattr(parent, name, model.get_submodule(emb).as_linear(quant.get("head_rescore_topk", 0)))
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if leftover:
         raise ArtifactError(f"{folder}: weights missing for {leftover[:3]}")
@@ -128,14 +128,15 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
 def install_int8_modules(model, quant: dict, dtype: torch.dtype) -> None:
     """Replace the modules listed in a ``quantization.json`` sidecar with empty int8 modules.
 
-    ``quant["modules"]`` maps module paths to ``"linear"`` or ``"embedding"``; tied heads
+    ``quant["modules"]`` maps module paths to ``"linear"``, ``"head"`` or ``"embedding"``; tied heads
     (``quant["tied"]``: head path -> embedding path) are re-created after loading.
     """
     for path, kind in quant["modules"].items():
         parent, name = get_submodule_parent(model, path)
         old = getattr(parent, name)
-        if kind == "linear":
-            new = Int8Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
+        if kind in ("linear", "head"):
+            new = Int8Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta",
+                             rescore_topk=quant.get("head_rescore_topk", 0) if kind == "head" else 0)
         elif kind == "embedding":
             new = Int8Embedding(old.num_embeddings, old.embedding_dim, dtype=dtype, device="meta")
         else:

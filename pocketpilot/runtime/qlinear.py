@@ -6,11 +6,15 @@ post-training, weight-only, per-channel recipe that the quantization study of
 Wei et al., FSE'23 found to keep accuracy; activations stay in floating point,
 which is what keeps edit similarity where dynamic int8 activations lose it).
 
-At run time the matmul picks a kernel by the number of rows ``M`` in the input:
-decode (``M <= SMALL_M``, bf16) uses ``torch._weight_int8pack_mm``, which reads the
-int8 weights directly (about 12x faster than a dense bf16 matmul for one token here);
-prefill dequantizes the weight to the activation dtype and runs a dense matmul, which
-is faster for many rows.
+Matmuls run in bfloat16 while the activations around them (residual stream, norms,
+attention, logits) stay in the model's dtype, normally float32: a bf16 residual stream
+flips greedy choices. The matmul picks a kernel by the number of rows ``M`` in the input:
+decode (``M <= SMALL_M``) uses ``torch._weight_int8pack_mm``, which reads the int8 weights
+directly (about 12x faster than a dense bf16 matmul for one token here); prefill
+dequantizes the weight to bf16 and runs a dense matmul, which is faster for many rows.
+
+An LM head (``rescore_topk > 0``) recomputes its top-k logits exactly in float32 from the
+int8 weights, so bf16 rounding of the logits cannot change the greedy choice.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from torch.nn import functional as F
 
 #: Largest number of input rows served by the int8 kernel; larger inputs dequantize.
 SMALL_M = 16
+#: dtype of the matmuls (the int8 kernel on CPU is fast for bf16 only).
+MATMUL_DTYPE = torch.bfloat16
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,14 +53,18 @@ def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dt
 class Int8Linear(nn.Module):
     """``nn.Linear`` replacement with int8 weights ``[out, in]`` and float32 scales ``[out]``.
 
-    Input ``[..., in]`` in any float dtype; output ``[..., out]`` in the input's dtype.
-    Buffers: ``weight_int8`` (int8), ``weight_scale`` (float32), optional ``bias``.
+    Input ``[..., in]`` in any float dtype; output ``[..., out]`` in the input's dtype; the
+    matmul itself runs in :data:`MATMUL_DTYPE`. Buffers: ``weight_int8`` (int8),
+    ``weight_scale`` (float32), optional ``bias``. With ``rescore_topk = k > 0`` (LM heads),
+    the ``k`` largest outputs of each row are recomputed exactly in float32.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None,
+                 rescore_topk: int = 0) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        self.rescore_topk = rescore_topk
         self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         if bias:
@@ -82,13 +92,24 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x2.shape[0] <= SMALL_M and x2.dtype == torch.bfloat16 and x2.device.type == "cpu":
-            y = torch._weight_int8pack_mm(x2.contiguous(), self.weight_int8, self._scale(x2.dtype))
+        xm = x2.to(MATMUL_DTYPE).contiguous()
+        if xm.shape[0] <= SMALL_M and xm.device.type == "cpu":
+            y = torch._weight_int8pack_mm(xm, self.weight_int8, self._scale(MATMUL_DTYPE))
         else:
-            y = F.linear(x2, dequantize_per_channel(self.weight_int8, self.weight_scale, x2.dtype))
+            y = F.linear(xm, dequantize_per_channel(self.weight_int8, self.weight_scale, MATMUL_DTYPE))
+        y = y.to(x2.dtype)
+        if self.rescore_topk and x2.dtype == torch.float32 and x2.shape[0] <= SMALL_M:
+            y = self._rescore(x2, y)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def _rescore(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Replace the top-k entries of ``y`` ``[M, out]`` with exact float32 ``x @ W[idx].T``."""
+        idx = y.topk(min(self.rescore_topk, self.out_features), dim=-1).indices  # [M, k]
+        w = self.weight_int8[idx].to(torch.float32) * self.weight_scale[idx].unsqueeze(-1)  # [M, k, in]
+        exact = torch.einsum("mi,mki->mk", x, w)
+        return y.scatter(-1, idx, exact)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
@@ -101,7 +122,7 @@ class Int8Embedding(nn.Module):
     tied to the embedding, :meth:`as_linear` gives an :class:`Int8Linear` sharing the buffers.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.bfloat16, device=None) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32, device=None) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
@@ -120,9 +141,9 @@ class Int8Embedding(nn.Module):
         rows = self.weight_int8[ids].to(self.dtype)
         return rows * self.weight_scale[ids].to(self.dtype).unsqueeze(-1)
 
-    def as_linear(self) -> Int8Linear:
+    def as_linear(self, rescore_topk: int = 0) -> Int8Linear:
         """An LM head ``[hidden] -> [vocab]`` that shares this embedding's int8 buffers."""
-        head = Int8Linear(self.embedding_dim, self.num_embeddings, bias=False, device="meta")
+        head = Int8Linear(self.embedding_dim, self.num_embeddings, bias=False, device="meta", rescore_topk=rescore_topk)
         head.weight_int8 = self.weight_int8
         head.weight_scale = self.weight_scale
         return head
