@@ -27,7 +27,7 @@ from pocketpilot.compression.artifacts import (
 )
 from pocketpilot.compression.quantize import get_method
 from pocketpilot.compression.teachers import Teacher, fetch_teacher, parse_spec
-from pocketpilot.errors import ArtifactError
+from pocketpilot.errors import ArtifactError, UnknownTeacherError
 
 log = logging.getLogger(__name__)
 
@@ -225,5 +225,14 @@ def load_any(name: str | None = None):
 
     if name is None or (artifacts_dir() / name).is_dir() or (Path(name).expanduser() / MANIFEST).is_file():
         return load_artifact(name)
-    teacher = fetch_teacher(parse_spec(name))
-    return load_model_folder(teacher.folder)
+    try:
+        spec = parse_spec(name)
+    except UnknownTeacherError:
+        from pocketpilot.compression.artifacts import list_artifacts
+        from pocketpilot.compression.teachers import ACCEPTED_FORMS
+
+        cached = ", ".join(r["id"] for r in list_artifacts()) or "none yet"
+        raise UnknownTeacherError(
+            f"{name!r} is neither a cached artifact (cached: {cached}) nor a teacher ({ACCEPTED_FORMS})"
+        ) from None
+    return load_model_folder(fetch_teacher(spec).folder)
