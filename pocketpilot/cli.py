@@ -137,6 +137,16 @@ def cmd_eval(args) -> int:
         write_tasks(tasks, out)
         print(f"wrote {len(tasks)} tasks to {out}", file=sys.stderr)
         return 0
+    if args.speed:
+        from pocketpilot.evaluation.speed import measure_speed
+        from pocketpilot.evaluation.tasks import default_source_dir
+
+        text = (default_source_dir() / "json" / "encoder.py").read_text() * 2
+        for name in args.models or [None]:
+            res = measure_speed(load_any(name), text, prompt_tokens=args.prompt_tokens)
+            print(f"{name or 'active'}: prefill {res['prompt_tokens']} tokens {res['prefill_ms']} ms, "
+                  f"decode {res['decode_ms_per_token']} ms/token")
+        return 0
     tasks = read_tasks(Path(args.tasks)) if args.tasks else make_tasks(n=args.n, seed=args.seed)
     if args.limit:
         tasks = tasks[: args.limit]
@@ -199,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int)
     e.add_argument("--out", help="make-tasks: output JSONL")
     e.add_argument("--json", metavar="OUT", help="write results as JSON")
+    e.add_argument("--speed", action="store_true",
+                   help="instead: time a prefill and 32 decode steps on standard-library code (median of 3)")
+    e.add_argument("--prompt-tokens", type=int, default=512, help="--speed: prompt length in tokens")
     e.set_defaults(func=cmd_eval)
     return p
 
