@@ -128,7 +128,12 @@ def compress(
         model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True)
         n_params = sum(p.numel() for p in model.parameters())
         progress(f"applying {qmethod.name}: {qmethod.description}", 0.3)
-        details = qmethod.apply(model, tmp)
+        from transformers import AutoTokenizer
+
+        from pocketpilot.compression.quantize import calibration_batches
+
+        calibration = calibration_batches(AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True))
+        details = qmethod.apply(model, tmp, calibration or None)
         del model
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                      "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja"):

@@ -15,6 +15,12 @@ dequantizes the weight to bf16 and runs a dense matmul, which is faster for many
 
 An LM head (``rescore_topk > 0``) recomputes its top-k logits exactly in float32 from the
 int8 weights, so bf16 rounding of the logits cannot change the greedy choice.
+
+Each module also carries a per-input-channel ``input_scale`` ``s`` (activation-aware
+scaling, after AWQ: Lin et al., "AWQ: Activation-aware Weight Quantization for LLM
+Compression and Acceleration", MLSys 2024): the stored weight is ``Q(W * s)`` and the input
+is divided by ``s``, so input channels with large activations get finer weight steps.
+``s = 1`` when no calibration was done.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class Int8Linear(nn.Module):
         self.rescore_topk = rescore_topk
         self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("input_scale", torch.ones(in_features, dtype=torch.float32, device=device))
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device))
         else:
@@ -74,10 +81,14 @@ class Int8Linear(nn.Module):
         self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
-        """Quantize a float ``nn.Linear`` (per output channel)."""
+    def from_linear(cls, linear: nn.Linear, input_scale: torch.Tensor | None = None) -> "Int8Linear":
+        """Quantize a float ``nn.Linear`` (per output channel), optionally with input scales ``[in]``."""
         mod = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        mod.weight_int8, mod.weight_scale = quantize_per_channel(linear.weight)
+        w = linear.weight.detach().float()
+        if input_scale is not None:
+            mod.input_scale = input_scale.detach().float().clone()
+            w = w * mod.input_scale
+        mod.weight_int8, mod.weight_scale = quantize_per_channel(w)
         if linear.bias is not None:
             mod.bias = linear.bias.detach().to(torch.float32).clone()
         return mod
@@ -91,7 +102,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        x2 = x.reshape(-1, shape[-1]) / self.input_scale.to(x.dtype)
         xm = x2.to(MATMUL_DTYPE).contiguous()
         if xm.shape[0] <= SMALL_M and xm.device.type == "cpu":
             y = torch._weight_int8pack_mm(xm, self.weight_int8, self._scale(MATMUL_DTYPE))
@@ -129,24 +140,60 @@ class Int8Embedding(nn.Module):
         self.dtype = dtype
         self.register_buffer("weight_int8", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+        self.register_buffer("input_scale", torch.ones(embedding_dim, dtype=torch.float32, device=device))
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding, dtype: torch.dtype) -> "Int8Embedding":
-        """Quantize a float ``nn.Embedding`` (per row)."""
+    def from_embedding(cls, emb: nn.Embedding, dtype: torch.dtype, input_scale: torch.Tensor | None = None) -> "Int8Embedding":
+        """Quantize a float ``nn.Embedding`` (per row); ``input_scale`` ``[hidden]`` as for a tied LM head."""
         mod = cls(emb.num_embeddings, emb.embedding_dim, dtype=dtype)
-        mod.weight_int8, mod.weight_scale = quantize_per_channel(emb.weight)
+        w = emb.weight.detach().float()
+        if input_scale is not None:
+            mod.input_scale = input_scale.detach().float().clone()
+            w = w * mod.input_scale
+        mod.weight_int8, mod.weight_scale = quantize_per_channel(w)
         return mod
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.weight_int8[ids].to(self.dtype)
-        return rows * self.weight_scale[ids].to(self.dtype).unsqueeze(-1)
+        return rows * self.weight_scale[ids].to(self.dtype).unsqueeze(-1) / self.input_scale.to(self.dtype)
 
     def as_linear(self, rescore_topk: int = 0) -> Int8Linear:
         """An LM head ``[hidden] -> [vocab]`` that shares this embedding's int8 buffers."""
         head = Int8Linear(self.embedding_dim, self.num_embeddings, bias=False, device="meta", rescore_topk=rescore_topk)
         head.weight_int8 = self.weight_int8
         head.weight_scale = self.weight_scale
+        head.input_scale = self.input_scale
         return head
+
+
+def choose_input_scale(weight: torch.Tensor, inputs: torch.Tensor, grid=(0.0, 0.25, 0.5, 0.75)) -> tuple[torch.Tensor | None, float]:
+    """Pick the activation-aware input scale ``s = mean|x|**alpha`` that minimises the output error.
+
+    Args:
+        weight: ``[out, in]`` float weight.
+        inputs: calibration inputs ``[n, in]`` (float32).
+        grid: exponents tried; ``alpha = 0`` means no scaling.
+
+    Returns:
+        ``(s, alpha)``: ``s`` float32 ``[in]`` (normalised so that ``max * min = 1``), or ``None``
+        when ``alpha = 0`` wins. The error is ``mean((x W^T - (x/s) Q(W s)^T)^2)`` over ``inputs``.
+    """
+    w = weight.detach().float()
+    x = inputs.float()
+    ref = x @ w.T
+    mag = x.abs().mean(0).clamp(min=1e-5)
+    best: tuple[float, torch.Tensor | None, float] | None = None
+    for alpha in grid:
+        s = None
+        wq = dequantize_per_channel(*quantize_per_channel(w), torch.float32)
+        if alpha:
+            s = mag**alpha
+            s = s / (s.max() * s.min()).sqrt()
+            wq = dequantize_per_channel(*quantize_per_channel(w * s), torch.float32) / s
+        err = ((x @ wq.T - ref) ** 2).mean().item()
+        if best is None or err < best[0]:
+            best = (err, s, alpha)
+    return best[1], best[2]
 
 
 def get_submodule_parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:

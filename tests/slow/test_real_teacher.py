@@ -69,9 +69,10 @@ def test_complete_a_line_in_a_real_stdlib_file(int8_artifact, real_home):
     assert result["new_tokens"] >= 1 and result["prompt_tokens"] > 100
 
 
-def test_int8_es_within_one_point_of_teacher_on_50_real_tasks(int8_artifact, real_home):
-    tasks = make_tasks(n=50, seed=0)
-    assert len(tasks) == 50
+def test_int8_es_within_one_point_of_teacher_on_200_real_tasks(int8_artifact, real_home):
+    # 200 tasks: on 50, sampling noise alone moves the ES difference by about 1.5 points
+    tasks = make_tasks(n=200, seed=0)
+    assert len(tasks) == 200
     teacher = evaluate_lines(CompletionEngine(load_model_folder(real_home / "teachers" / "smollm2-135m")), tasks)
     int8 = evaluate_lines(CompletionEngine(load_artifact(int8_artifact.artifact_id)), tasks)
     print(f"\nteacher ES {teacher['es']} EM {teacher['em']} | int8 ES {int8['es']} EM {int8['em']}")

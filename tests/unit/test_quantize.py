@@ -106,7 +106,7 @@ def test_corrupt_and_partial_artifacts_are_detected_with_the_fix(pp_home, tiny_t
 def test_out_of_disk_leaves_nothing_half_written(pp_home, tiny_teacher, monkeypatch):
     from pocketpilot.compression import quantize
 
-    def full_disk(model, out):
+    def full_disk(model, out, calibration=None):
         (out / "model.safetensors").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
