@@ -56,6 +56,22 @@ def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dt
     return q.to(dtype) * scale.to(dtype)[:, None]
 
 
+def _register_int8_buffers(mod: nn.Module, rows: int, cols: int, device) -> None:
+    """Empty ``weight_int8`` ``[rows, cols]``, ``weight_scale`` ``[rows]`` and ``input_scale`` ``[cols]`` buffers."""
+    mod.register_buffer("weight_int8", torch.empty(rows, cols, dtype=torch.int8, device=device))
+    mod.register_buffer("weight_scale", torch.ones(rows, dtype=torch.float32, device=device))
+    mod.register_buffer("input_scale", torch.ones(cols, dtype=torch.float32, device=device))
+
+
+def _set_int8_weight(mod: nn.Module, weight: torch.Tensor, input_scale: torch.Tensor | None) -> None:
+    """Store ``Q(weight * input_scale)`` (per-row int8) and the scales in ``mod``'s buffers."""
+    w = weight.detach().float()
+    if input_scale is not None:
+        mod.input_scale = input_scale.detach().float().clone()
+        w = w * mod.input_scale
+    mod.weight_int8, mod.weight_scale = quantize_per_channel(w)
+
+
 class Int8Linear(nn.Module):
     """``nn.Linear`` replacement with int8 weights ``[out, in]`` and float32 scales ``[out]``.
 
@@ -71,9 +87,7 @@ class Int8Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.rescore_topk = rescore_topk
-        self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self.register_buffer("input_scale", torch.ones(in_features, dtype=torch.float32, device=device))
+        _register_int8_buffers(self, out_features, in_features, device)
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device))
         else:
@@ -84,11 +98,7 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, input_scale: torch.Tensor | None = None) -> "Int8Linear":
         """Quantize a float ``nn.Linear`` (per output channel), optionally with input scales ``[in]``."""
         mod = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        w = linear.weight.detach().float()
-        if input_scale is not None:
-            mod.input_scale = input_scale.detach().float().clone()
-            w = w * mod.input_scale
-        mod.weight_int8, mod.weight_scale = quantize_per_channel(w)
+        _set_int8_weight(mod, linear.weight, input_scale)
         if linear.bias is not None:
             mod.bias = linear.bias.detach().to(torch.float32).clone()
         return mod
@@ -138,19 +148,13 @@ class Int8Embedding(nn.Module):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.dtype = dtype
-        self.register_buffer("weight_int8", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
-        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
-        self.register_buffer("input_scale", torch.ones(embedding_dim, dtype=torch.float32, device=device))
+        _register_int8_buffers(self, num_embeddings, embedding_dim, device)
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, dtype: torch.dtype, input_scale: torch.Tensor | None = None) -> "Int8Embedding":
         """Quantize a float ``nn.Embedding`` (per row); ``input_scale`` ``[hidden]`` as for a tied LM head."""
         mod = cls(emb.num_embeddings, emb.embedding_dim, dtype=dtype)
-        w = emb.weight.detach().float()
-        if input_scale is not None:
-            mod.input_scale = input_scale.detach().float().clone()
-            w = w * mod.input_scale
-        mod.weight_int8, mod.weight_scale = quantize_per_channel(w)
+        _set_int8_weight(mod, emb.weight, input_scale)
         return mod
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
