@@ -98,6 +98,9 @@ def cmd_complete(args) -> int:
     from pocketpilot.runtime import CompletionEngine, EngineSettings
 
     prefix, suffix = read_position(Path(args.file), args.line, args.col)
+    if args.as_typed:
+        rest, _, suffix = suffix.partition("\n")
+        print(f"(as typed: the file continues this line with {rest!r})", file=sys.stderr)
     engine = CompletionEngine(load_any(args.model), EngineSettings(max_new_tokens=args.max_new_tokens))
     results = [engine.complete(prefix, suffix) for _ in range(max(1, args.repeat))]
     c = results[-1]
@@ -191,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="column, 1-based, in characters; the cursor sits before this character (len+1 = end of line)")
     k.add_argument("--model", help="artifact id or folder, or a teacher spec (default: the active artifact)")
     k.add_argument("--max-new-tokens", type=int, default=48)
+    k.add_argument("--as-typed", action="store_true",
+                   help="pretend the rest of the line after the cursor is not written yet (as evaluation tasks do)")
     k.add_argument("--repeat", type=int, default=1, help="run N times and report the median latency on stderr")
     k.add_argument("--json", action="store_true", help="print text, token counts and timings as JSON")
     k.set_defaults(func=cmd_complete)
