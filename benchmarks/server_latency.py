@@ -3,7 +3,8 @@
 Starts `pocketpilot serve`, opens a file, waits for the model, then sends N inline-completion
 requests at one position and prints the median and p95 request-to-response time (ms).
 
-    python benchmarks/server_latency.py FILE --line L --col C [--n 20]   # 1-based, as `pocketpilot complete`
+    python benchmarks/server_latency.py FILE --line L --col C [--n 20] [--as-typed]
+    (1-based positions and --as-typed as in `pocketpilot complete`; the active artifact is served)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ async def main() -> None:
     ap.add_argument("--line", type=int, required=True)
     ap.add_argument("--col", type=int, required=True)
     ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--as-typed", action="store_true", help="open the file without the rest of the cursor's line")
     args = ap.parse_args()
     path = Path(args.file).resolve()
     client = LanguageClient("bench", "0")
@@ -42,8 +44,11 @@ async def main() -> None:
     client.initialized(types.InitializedParams())
     await asyncio.wait_for(ready.wait(), 600)
     uri = path.as_uri()
+    lines = path.read_text().split("\n")
+    if args.as_typed:
+        lines[args.line - 1] = lines[args.line - 1][: args.col - 1]
     client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
-        uri=uri, language_id="python", version=1, text=path.read_text())))
+        uri=uri, language_id="python", version=1, text="\n".join(lines))))
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri),
         position=types.Position(line=args.line - 1, character=args.col - 1),

@@ -72,3 +72,17 @@ def test_list_json(tiny_home, monkeypatch, capsys):
     rows = json.loads(capsys.readouterr().out)["artifacts"]
     assert len(rows) == 1 and rows[0]["active"] and rows[0]["method"] == "int8"
     assert rows[0]["artifact_bytes"] > 0 and rows[0]["teacher_bytes"] > rows[0]["artifact_bytes"]
+
+
+def test_method_help_names_every_registered_method():
+    from pocketpilot.cli import METHOD_HELP
+    from pocketpilot.compression.quantize import METHODS
+
+    assert all(f"{name}" in METHOD_HELP for name in METHODS)
+
+
+def test_serve_and_help_do_not_import_torch():
+    code = ("import sys; from pocketpilot.cli import build_parser; build_parser(); "
+            "import pocketpilot.lsp_server.server; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
