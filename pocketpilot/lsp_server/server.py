@@ -37,11 +37,16 @@ class PocketPilotServer(LanguageServer):
         self.infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-infer")
         self.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-jobs")
         self.cli_artifact: str | None = None
+        self.last_latency_ms: float | None = None
 
     def set_state(self, state: str, message: str | None = None) -> None:
-        """Record the state and send a ``pocketpilot/status`` notification ``{state, model, message}``."""
+        """Record the state and send a ``pocketpilot/status`` notification.
+
+        Params: ``{state, model, message, lastLatencyMs}`` (latency of the last completion, ms, or null).
+        """
         self.state = state
-        self.protocol.notify(STATUS_NOTIFICATION, {"state": state, "model": self.model_name, "message": message})
+        self.protocol.notify(STATUS_NOTIFICATION, {"state": state, "model": self.model_name, "message": message,
+                                                   "lastLatencyMs": self.last_latency_ms})
 
     async def load_model(self) -> None:
         """Load the configured artifact in a worker thread; report problems with the fix."""
@@ -87,6 +92,8 @@ class PocketPilotServer(LanguageServer):
             log.debug("document %s changed during inference; answering empty", uri)
             return None
         log.info("completion in %.0f ms (%d prompt tokens, %d new)", result.total_ms, result.prompt_tokens, result.new_tokens)
+        self.last_latency_ms = round(result.total_ms, 1)
+        self.set_state(self.state)
         if not result.text:
             return None
         return prefix.rsplit("\n", 1)[-1], result.text

@@ -25,6 +25,7 @@ SOURCE = "def add(a, b):\n    return\n"
 async def _start(client: LanguageClient, options=None) -> dict:
     statuses: list = []
     client.feature("pocketpilot/status")(lambda params: statuses.append(params))
+    client.statuses = statuses
     await client.initialize_session(types.InitializeParams(capabilities=INLINE_CAPS, initialization_options=options))
     for _ in range(600):
         if statuses and statuses[-1].state in ("ready", "no-model"):
@@ -61,6 +62,11 @@ async def test_inline_completion_returns_the_model_text(client: LanguageClient):
     assert len(items) == 1
     assert items[0].insert_text == " a + b"
     assert items[0].range.start == types.Position(line=1, character=10)
+    for _ in range(100):  # the status notification after the answer carries its latency
+        if client.statuses[-1].lastLatencyMs is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert client.statuses[-1].state == "ready" and client.statuses[-1].lastLatencyMs > 0
 
 
 async def test_plain_completion_has_the_same_text(client: LanguageClient):
