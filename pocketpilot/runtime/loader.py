@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pocketpilot.errors import ArtifactError
-from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, get_submodule_parent
+from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, align_int8_buffers, get_submodule_parent
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
         state.update(load_file(folder / name))
     state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith("weight_scale") else v) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    align_int8_buffers(model)
     tied = quant.get("tied") or {}
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in tied]
     if missing or unexpected:

@@ -33,6 +33,25 @@ from torch.nn import functional as F
 SMALL_M = 16
 #: dtype of the matmuls (the int8 kernel on CPU is fast for bf16 only).
 MATMUL_DTYPE = torch.bfloat16
+#: ``torch._weight_int8pack_mm`` reads weights with aligned vector loads for more than one input
+#: row and crashes (SIGSEGV, torch 2.13 CPU) on weights that are not 64-byte aligned, as tensors
+#: loaded from safetensors can be; such weights take the dequantizing path (and the loader realigns).
+WEIGHT_ALIGNMENT = 64
+
+
+def is_aligned(t: torch.Tensor) -> bool:
+    """True when ``t``'s data starts on a :data:`WEIGHT_ALIGNMENT`-byte boundary."""
+    return t.data_ptr() % WEIGHT_ALIGNMENT == 0
+
+
+def align_int8_buffers(model: nn.Module) -> int:
+    """Copy misaligned int8 weights of ``model`` into fresh (aligned) storage; return how many moved."""
+    moved = 0
+    for mod in model.modules():
+        if isinstance(mod, (Int8Linear, Int8Embedding)) and not is_aligned(mod.weight_int8):
+            mod.weight_int8 = mod.weight_int8.clone()
+            moved += 1
+    return moved
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +133,7 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]) / self.input_scale.to(x.dtype)
         xm = x2.to(MATMUL_DTYPE).contiguous()
-        if xm.shape[0] <= SMALL_M and xm.device.type == "cpu":
+        if xm.shape[0] <= SMALL_M and xm.device.type == "cpu" and is_aligned(self.weight_int8):
             y = torch._weight_int8pack_mm(xm, self.weight_int8, self._scale(MATMUL_DTYPE))
         else:
             y = F.linear(xm, dequantize_per_channel(self.weight_int8, self.weight_scale, MATMUL_DTYPE))

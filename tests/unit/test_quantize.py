@@ -125,3 +125,22 @@ def test_manifest_records_teacher_recipe_versions_and_hashes(pp_home, tiny_teach
     assert set(m["versions"]) >= {"torch", "transformers", "pocketpilot"}
     assert m["files"]["model.safetensors"]["bytes"] == (res.folder / "model.safetensors").stat().st_size
     assert m["metrics"]["artifact"]["n"] == 3 and "es_delta" in m["metrics"]
+
+
+def test_misaligned_int8_weights_are_safe_and_loaded_weights_are_aligned(pp_home, tiny_teacher):
+    # torch._weight_int8pack_mm crashes on misaligned weights for 2..16 input rows
+    from pocketpilot.runtime.qlinear import align_int8_buffers, is_aligned
+
+    torch.manual_seed(0)
+    lin = nn.Linear(576, 576, bias=False)
+    q = Int8Linear.from_linear(lin)
+    buf = torch.empty(576 * 576 + 8, dtype=torch.int8)
+    buf[8:] = q.weight_int8.flatten()
+    q.weight_int8 = buf[8:].view(576, 576)
+    assert not is_aligned(q.weight_int8)
+    x = torch.randn(15, 576)
+    assert torch.allclose(q(x), lin(x), atol=0.1, rtol=0.05)  # no crash: dequantizing path
+    assert align_int8_buffers(q) == 1 and is_aligned(q.weight_int8)
+    res = compress(str(tiny_teacher), "int8", eval_tasks=0)
+    loaded = load_artifact(res.artifact_id)
+    assert all(is_aligned(m.weight_int8) for m in loaded.model.modules() if hasattr(m, "weight_int8"))
