@@ -6,6 +6,7 @@ stdout is the JSON-RPC channel: nothing here prints; logs go to stderr.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -87,11 +88,13 @@ class PocketPilotServer(LanguageServer):
         offset = doc.offset_at_position(position)
         prefix, suffix = source[:offset], source[offset:]
         engine = self.engine
-        result = await asyncio.get_running_loop().run_in_executor(self.infer, engine.complete, prefix, suffix)
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.infer, functools.partial(engine.complete, prefix, suffix, cache_key=uri))
         if self.workspace.get_text_document(uri).version != version:
             log.debug("document %s changed during inference; answering empty", uri)
             return None
-        log.info("completion in %.0f ms (%d prompt tokens, %d new)", result.total_ms, result.prompt_tokens, result.new_tokens)
+        log.info("completion in %.0f ms (%d prompt tokens, %d reused, %d new%s)", result.total_ms, result.prompt_tokens,
+                 result.reused_tokens, result.new_tokens, ", typed ahead" if result.typed_ahead else "")
         self.last_latency_ms = round(result.total_ms, 1)
         self.set_state(self.state)
         if not result.text:
@@ -112,6 +115,13 @@ def on_initialize(ls: PocketPilotServer, params: types.InitializeParams) -> None
 @server.feature(types.INITIALIZED)
 async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams) -> None:
     await ls.load_model()
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: PocketPilotServer, params: types.DidCloseTextDocumentParams) -> None:
+    """Free the closed document's KV cache (on the inference thread, which owns the engine)."""
+    if ls.engine is not None:
+        ls.infer.submit(ls.engine.forget, params.text_document.uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())

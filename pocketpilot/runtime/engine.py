@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -31,6 +32,8 @@ class Completion:
         prefill_ms: wall time of the prefill (ms).
         decode_ms: wall time of all decode steps (ms).
         cancelled: generation stopped because ``should_stop`` returned True.
+        reused_tokens: prompt tokens whose keys/values came from the document's cached KV (tokens).
+        typed_ahead: answered from the previous suggestion without running the model.
     """
 
     text: str
@@ -40,6 +43,8 @@ class Completion:
     prefill_ms: float
     decode_ms: float
     cancelled: bool = False
+    reused_tokens: int = 0
+    typed_ahead: bool = False
 
     @property
     def total_ms(self) -> float:
@@ -47,11 +52,27 @@ class Completion:
         return self.prefill_ms + self.decode_ms
 
 
+@dataclass
+class _DocState:
+    """What the engine remembers of a document between requests (see ``cache_key``)."""
+
+    ids: list[int]  # tokens whose keys/values are in ``cache``
+    cache: Any  # a transformers Cache
+    window_start: int  # character offset where the prefix window starts
+    prefix: str  # the last request ...
+    suffix: str
+    text: str  # ... and its answer
+
+
 class CompletionEngine:
     """Greedy code completion from a :class:`LoadedModel`.
 
     Uses a fill-in-the-middle prompt (prefix + suffix) when the tokenizer has FIM tokens,
-    else the prefix alone. Not thread-safe: call from one worker thread.
+    else the prefix alone. With a ``cache_key`` (one per document), it keeps that
+    document's KV cache and reuses the longest common token prefix on the next request
+    (only new tokens are prefilled), keeps the prefix window's start stable while it fits,
+    and answers at once when the user has typed the start of the previous suggestion.
+    Not thread-safe: call from one worker thread.
     """
 
     def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None) -> None:
@@ -66,6 +87,13 @@ class CompletionEngine:
                 self.fim = tuple(vocab[t] for t in style)  # type: ignore[assignment]
                 break
         self.stop_ids = self._stop_ids(vocab)
+        self._docs: OrderedDict[str, _DocState] = OrderedDict()
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        elem = torch.finfo(loaded.dtype).bits // 8
+        #: bytes of keys + values per cached token
+        self.kv_bytes_per_token = cfg.num_hidden_layers * 2 * kv_heads * head_dim * elem
 
     def _stop_ids(self, vocab: dict[str, int]) -> set[int]:
         ids = set(self.tokenizer.all_special_ids or [])
@@ -84,14 +112,18 @@ class CompletionEngine:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def build_prompt(self, prefix: str, suffix: str) -> list[int]:
+    def build_prompt(self, prefix: str, suffix: str, window_start: int | None = None) -> list[int]:
         """Token ids of the prompt: FIM ``<prefix>P<suffix>S<middle>`` or just ``P``.
 
-        The prefix keeps its last ``prefix_tokens`` tokens and the suffix its first
-        ``suffix_tokens`` tokens (text is cut to about 6 characters a token first).
+        The prefix keeps its last ``prefix_tokens`` tokens (or, with ``window_start``, the text
+        from that character offset on) and the suffix its first ``suffix_tokens`` tokens (text
+        is cut to about 6 characters a token first).
         """
         s = self.settings
-        p_ids = self._encode(prefix[-s.prefix_tokens * 6 :])[-s.prefix_tokens :]
+        if window_start is None:
+            p_ids = self._encode(prefix[-s.prefix_tokens * 6 :])[-s.prefix_tokens :]
+        else:
+            p_ids = self._encode(prefix[window_start:])
         if self.fim is None:
             return p_ids or [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
         s_ids = self._encode(suffix[: s.suffix_tokens * 6])[: s.suffix_tokens] if s.suffix_tokens else []
@@ -106,6 +138,7 @@ class CompletionEngine:
         *,
         max_new_tokens: int | None = None,
         should_stop: Callable[[], bool] | None = None,
+        cache_key: str | None = None,
     ) -> Completion:
         """Complete the code at the cursor between ``prefix`` and ``suffix``.
 
@@ -115,17 +148,24 @@ class CompletionEngine:
             max_new_tokens: override of ``settings.max_new_tokens`` (tokens).
             should_stop: polled between decode steps; returning True cancels (the partial text
                 is returned with ``cancelled=True``).
+            cache_key: identifies the document (e.g. its URI) for KV-cache and typed-ahead reuse;
+                ``None`` computes from scratch and remembers nothing.
 
         Returns:
             A :class:`Completion`; in single-line mode its text ends before the first newline.
         """
         limit = max_new_tokens or self.settings.max_new_tokens
-        ids = self.build_prompt(prefix, suffix)
+        if cache_key is not None:
+            ahead = self._typed_ahead(cache_key, prefix, suffix)
+            if ahead is not None:
+                return ahead
+        start = self._window_start(prefix, cache_key) if cache_key is not None else None
+        ids = self.build_prompt(prefix, suffix, window_start=start)
         t0 = time.perf_counter()
-        out = self.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        next_id = int(out.logits[0, -1].argmax())
+        logits, cache, reused = self._prefill(ids, cache_key)
+        next_id = int(logits.argmax())
         t1 = time.perf_counter()
+        fed = list(ids)
         generated: list[int] = []
         raw = ""
         cancelled = False
@@ -144,11 +184,14 @@ class CompletionEngine:
             out = self.model(
                 input_ids=torch.tensor([[next_id]]), past_key_values=cache, use_cache=True, logits_to_keep=1
             )
+            fed.append(next_id)
             cache = out.past_key_values
             next_id = int(out.logits[0, -1].argmax())
         t2 = time.perf_counter()
         line_prefix = prefix.rsplit("\n", 1)[-1]
         text = finalize(raw, line_prefix, suffix, multiline=self.settings.multiline)
+        if cache_key is not None:
+            self._remember(cache_key, _DocState(fed, cache, start or 0, prefix, suffix, "" if cancelled else text))
         return Completion(
             text=text,
             raw=raw,
@@ -157,5 +200,87 @@ class CompletionEngine:
             prefill_ms=(t1 - t0) * 1e3,
             decode_ms=(t2 - t1) * 1e3,
             cancelled=cancelled,
+            reused_tokens=reused,
         )
+
+    def _prefill(self, ids: list[int], cache_key: str | None) -> tuple[torch.Tensor, Any, int]:
+        """Run the prompt through the model, reusing the document's cached keys/values.
+
+        Returns ``(logits [vocab] of the last prompt token, cache, reused token count)``. At
+        least the last prompt token is always recomputed.
+        """
+        state = self._docs.pop(cache_key, None) if cache_key is not None else None
+        cache, reused = None, 0
+        if state is not None:
+            reused = min(_common_prefix(state.ids, ids), len(ids) - 1)
+            if reused > 0:
+                cache = state.cache
+                extra = cache.get_seq_length() - reused
+                if extra > 0:
+                    cache.crop(-extra)  # a negative count removes that many tokens (transformers 4.x and 5.x)
+        out = self.model(input_ids=torch.tensor([ids[reused:]]), past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[0, -1], out.past_key_values, reused
+
+    def _window_start(self, prefix: str, cache_key: str) -> int:
+        """Character offset where the prefix window starts, kept stable while it fits.
+
+        A window that slid by one token per keystroke would defeat KV reuse, so the previous
+        start is kept while ``prefix[start:]`` fits in ``prefix_tokens``; a new start is put at a
+        line start about three quarters of the budget back.
+        """
+        budget = self.settings.prefix_tokens
+        state = self._docs.get(cache_key)
+        if state is not None and state.window_start <= len(prefix):
+            if len(self._encode(prefix[state.window_start :])) <= budget:
+                return state.window_start
+        base = max(0, len(prefix) - budget * 6)
+        tail = prefix[base:]
+        offsets = self.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= budget and base == 0:
+            return 0
+        pos = offsets[max(0, len(offsets) - budget * 3 // 4)][0]
+        newline = tail.find("\n", pos)
+        return base + (newline + 1 if 0 <= newline < len(tail) - 1 else pos)
+
+    def _typed_ahead(self, cache_key: str, prefix: str, suffix: str) -> Completion | None:
+        """The rest of the previous suggestion if the user has typed its start, else ``None``."""
+        state = self._docs.get(cache_key)
+        if state is None or not state.text or suffix != state.suffix or not prefix.startswith(state.prefix):
+            return None
+        typed = prefix[len(state.prefix) :]
+        if not typed or "\n" in typed or not state.text.startswith(typed) or len(typed) >= len(state.text):
+            return None
+        self._docs.move_to_end(cache_key)
+        rest = state.text[len(typed) :]
+        return Completion(text=rest, raw=rest, prompt_tokens=0, new_tokens=0, prefill_ms=0.0, decode_ms=0.0,
+                          typed_ahead=True)
+
+    def _remember(self, cache_key: str, state: _DocState) -> None:
+        """Keep a document's state; drop least recently used ones beyond ``kv_cache_mb``."""
+        self._docs[cache_key] = state
+        self._docs.move_to_end(cache_key)
+        limit = self.settings.kv_cache_mb * 1_000_000
+        while len(self._docs) > 1 and self.cached_bytes > limit:
+            self._docs.popitem(last=False)
+        if self.cached_bytes > limit:  # even the newest alone is too big
+            self._docs.clear()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory held by the kept KV caches (bytes, estimated from the cached token counts)."""
+        return sum(len(s.ids) for s in self._docs.values()) * self.kv_bytes_per_token
+
+    def forget(self, cache_key: str) -> None:
+        """Drop what is kept for a document (e.g. when it is closed)."""
+        self._docs.pop(cache_key, None)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 

@@ -14,16 +14,21 @@ class EngineSettings:
         prefix_tokens: keep at most this many tokens of text before the cursor (tokens).
         suffix_tokens: keep at most this many tokens of text after the cursor, FIM only (tokens).
         multiline: if False, stop at the end of the current line.
+        kv_cache_mb: memory for the KV caches kept per document between requests (MB, 10^6 bytes);
+            least recently used documents are dropped first.
     """
 
     max_new_tokens: int = 48
     prefix_tokens: int = 512
     suffix_tokens: int = 128
     multiline: bool = False
+    kv_cache_mb: int = 256
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "prefix_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_cache_mb < 0:
+            raise ValueError(f"kv_cache_mb must be >= 0, got {self.kv_cache_mb}")
         if self.suffix_tokens < 0:
             raise ValueError(f"suffix_tokens must be >= 0, got {self.suffix_tokens}")

@@ -47,3 +47,59 @@ def test_artifact_loads_without_the_teacher(pp_home, tiny_teacher, tmp_path):
     shutil.rmtree(teacher)
     engine = CompletionEngine(load_artifact(res.artifact_id))
     assert engine.complete("def add(a, b):\n    return", "\n").text == " a + b"
+
+
+def test_kv_prefix_reuse_gives_the_same_logits_as_a_full_prefill(tiny_teacher):
+    import torch
+
+    engine = CompletionEngine(load_model_folder(tiny_teacher))
+    first = engine.complete("class Point:\n    def __init__(self, x, y):\n        self.x", "", cache_key="doc")
+    assert first.reused_tokens == 0 and first.text == " = x"
+    prompt = engine.build_prompt("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y", "",
+                                 window_start=0)
+    reused_logits, _, reused = engine._prefill(prompt, "doc")
+    fresh_logits, _, none = engine._prefill(prompt, None)
+    assert none == 0 and reused > len(prompt) // 2
+    assert torch.allclose(reused_logits, fresh_logits, atol=1e-4), (reused_logits - fresh_logits).abs().max()
+
+
+def test_completions_with_a_cache_key_reuse_and_match_fresh_ones(tiny_teacher):
+    engine = CompletionEngine(load_model_folder(tiny_teacher))
+    fresh = CompletionEngine(engine.loaded)
+    text = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y"
+    results = []
+    for cut in range(len(text) - 6, len(text) + 1):  # typing the last characters one by one
+        c = engine.complete(text[:cut], "", cache_key="doc")
+        assert c.text == fresh.complete(text[:cut], "").text or c.typed_ahead
+        results.append(c)
+    assert any(r.reused_tokens > 0 for r in results if not r.typed_ahead)
+
+
+def test_typed_ahead_answers_from_the_previous_suggestion(tiny_teacher):
+    engine = CompletionEngine(load_model_folder(tiny_teacher))
+    assert engine.complete("def add(a, b):\n    return", "\n", cache_key="d").text == " a + b"
+    ahead = engine.complete("def add(a, b):\n    return a", "\n", cache_key="d")
+    assert ahead.typed_ahead and ahead.text == " + b" and ahead.new_tokens == 0
+    assert engine.complete("def add(a, b):\n    return a +", "\n", cache_key="d").text == " b"
+    diverged = engine.complete("def add(a, b):\n    return x", "\n", cache_key="d")
+    assert not diverged.typed_ahead
+
+
+def test_prefix_window_start_is_stable_and_lru_is_bounded(tiny_teacher):
+    loaded = load_model_folder(tiny_teacher)
+    engine = CompletionEngine(loaded, EngineSettings(prefix_tokens=24))
+    text = "def add(a, b):\n    return a + b\n" * 6 + "for item in items:\n    total = total +"
+    engine.complete(text[:-3], "", cache_key="a")
+    start = engine._docs["a"].window_start
+    assert 0 < start and text[start - 1] == "\n"
+    second = engine.complete(text, "", cache_key="a")
+    assert engine._docs["a"].window_start == start and second.reused_tokens > 10
+    small = CompletionEngine(loaded, EngineSettings(kv_cache_mb=0))
+    small.complete("def add(a, b):\n    return", "\n", cache_key="x")
+    assert small.cached_bytes == 0
+    one_doc = engine.kv_bytes_per_token * 40 / 1e6
+    lru = CompletionEngine(loaded, EngineSettings(kv_cache_mb=1))
+    lru.settings = EngineSettings(kv_cache_mb=max(1, int(one_doc)))
+    for key in ("a", "b", "c"):
+        lru.complete(text, "", cache_key=key)
+    assert list(lru._docs)[-1] == "c" and lru.cached_bytes <= lru.settings.kv_cache_mb * 1_000_000

@@ -18,7 +18,7 @@ class ScriptedEngine:
     def __init__(self, workspace, edit: bool):
         self.workspace, self.edit, self.calls = workspace, edit, []
 
-    def complete(self, prefix, suffix):
+    def complete(self, prefix, suffix, cache_key=None):
         self.calls.append((prefix, suffix))
         if self.edit:
             self.workspace.get_text_document(URI).version += 1
