@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+
+import { CLIENT_ONLY_SETTINGS, documentSelector, initializationOptions, RESTART_SETTINGS, SERVER_SETTING_DEFAULTS, serverCommand } from "../src/config";
+
+const pkg = JSON.parse(readFileSync(join(__dirname, "..", "..", "package.json"), "utf8"));
+const contributed: Record<string, { default: unknown }> = Object.assign(
+  {}, ...pkg.contributes.configuration.map((c: { properties: object }) => c.properties));
+
+test("defaults: no settings gives the server defaults", () => {
+  const { options, problems } = initializationOptions(() => undefined);
+  assert.deepEqual(options, { artifact: null, maxNewTokens: 48, prefixTokens: 512, suffixTokens: 128 });
+  assert.deepEqual(problems, []);
+});
+
+test("settings map to camelCase initializationOptions", () => {
+  const values: Record<string, unknown> = { artifact: " tiny-int8 ", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, pythonPath: "/x" };
+  const { options, problems } = initializationOptions((k) => values[k]);
+  assert.deepEqual(options, { artifact: "tiny-int8", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0 });
+  assert.deepEqual(problems, []);
+  assert.ok(!("pythonPath" in options), "client-only settings are not sent");
+});
+
+test("invalid values fall back to defaults with a problem each", () => {
+  const values: Record<string, unknown> = { artifact: 3, maxNewTokens: 0, prefixTokens: 1.5, suffixTokens: -1 };
+  const { options, problems } = initializationOptions((k) => values[k]);
+  assert.deepEqual(options, SERVER_SETTING_DEFAULTS);
+  assert.equal(problems.length, 4);
+  assert.match(problems[1], /maxNewTokens must be an integer >= 1, got 0; using 48/);
+});
+
+test("empty artifact means the active artifact", () => {
+  assert.equal(initializationOptions((k) => (k === "artifact" ? "" : undefined)).options.artifact, null);
+});
+
+test("package.json contributes every server setting with the same default", () => {
+  for (const [key, value] of Object.entries(SERVER_SETTING_DEFAULTS)) {
+    assert.ok(contributed[`pocketpilot.${key}`], key);
+    assert.deepEqual(contributed[`pocketpilot.${key}`].default, value, key);
+  }
+  const names = Object.keys(contributed).map((k) => k.replace(/^pocketpilot\./, ""));
+  assert.deepEqual(names.filter((n) => !(n in SERVER_SETTING_DEFAULTS)).sort(), [...CLIENT_ONLY_SETTINGS].sort());
+});
+
+test("package.json client-only marker matches the code", () => {
+  assert.deepEqual([...pkg.pocketpilotClientOnlySettings].sort(), [...CLIENT_ONLY_SETTINGS].sort());
+});
+
+test("every contributed command has a title and is activated by registration", () => {
+  const ids = pkg.contributes.commands.map((c: { command: string }) => c.command);
+  assert.deepEqual(ids.sort(), ["pocketpilot.compressModel", "pocketpilot.restartServer", "pocketpilot.showLogs",
+    "pocketpilot.showStatus", "pocketpilot.toggleInlineSuggestions"]);
+  assert.ok(!ids.includes("pocketpilot.compress"), "the server's command id is registered by the client library");
+});
+
+test("restart settings: server settings, interpreter and languages, not enable", () => {
+  assert.ok(RESTART_SETTINGS.includes("maxNewTokens") && RESTART_SETTINGS.includes("pythonPath") && RESTART_SETTINGS.includes("languages"));
+  assert.ok(!RESTART_SETTINGS.includes("enable"));
+});
+
+test("server command appends -m pocketpilot serve after interpreter args", () => {
+  assert.deepEqual(serverCommand(["/usr/bin/python3"]), { command: "/usr/bin/python3", args: ["-m", "pocketpilot", "serve"] });
+  assert.deepEqual(serverCommand(["py", "-3"]), { command: "py", args: ["-3", "-m", "pocketpilot", "serve"] });
+  assert.throws(() => serverCommand([]));
+});
+
+test("document selector: all languages by default, else one filter per language and scheme", () => {
+  assert.deepEqual(documentSelector(undefined), [{ scheme: "file" }, { scheme: "untitled" }]);
+  assert.deepEqual(documentSelector(["*"]), [{ scheme: "file" }, { scheme: "untitled" }]);
+  assert.deepEqual(documentSelector(["python", " go ", "", 3]), [
+    { scheme: "file", language: "python" }, { scheme: "untitled", language: "python" },
+    { scheme: "file", language: "go" }, { scheme: "untitled", language: "go" },
+  ]);
+});
