@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Callable, Iterable
 
-from pocketpilot.evaluation.metrics import edit_similarity, exact_match, first_line
+from pocketpilot.evaluation.metrics import edit_similarity, exact_match
+from pocketpilot.runtime.postprocess import first_line
 
 
 def evaluate_lines(engine, tasks: list[dict], progress: Callable[[Iterable], Iterable] | None = None) -> dict:

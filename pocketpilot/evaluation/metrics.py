@@ -17,7 +17,3 @@ def exact_match(pred: str, gt: str) -> bool:
     """Exact match: equal after splitting on whitespace (CodeXGLUE's ``pred.split() == gt.split()``)."""
     return pred.split() == gt.split()
 
-
-def first_line(text: str) -> str:
-    """The first line of ``text`` (metrics score only the first predicted line)."""
-    return text.split("\n", 1)[0]

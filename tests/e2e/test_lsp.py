@@ -1,7 +1,6 @@
 """The real server over stdio, driven by pytest-lsp as an LSP client."""
 
 import asyncio
-import os
 import sys
 
 import pytest
