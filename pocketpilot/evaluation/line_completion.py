@@ -25,7 +25,7 @@ def evaluate_lines(engine, tasks: list[dict], progress: Callable[[Iterable], Ite
     rows, lat, decode_tok = [], [], []
     it = progress(tasks) if progress else tasks
     for task in it:
-        c = engine.complete(task["prefix"], task.get("suffix", ""))
+        c = engine.complete(task["prefix"], task.get("suffix", ""), allow_block=False)
         pred = first_line(c.text)
         es, em = edit_similarity(pred, task["gt"]), exact_match(pred, task["gt"])
         rows.append({"id": task.get("id"), "pred": pred, "gt": task["gt"], "es": es, "em": em})

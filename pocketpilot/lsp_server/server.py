@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 import sys
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -39,38 +43,96 @@ class PocketPilotServer(LanguageServer):
         self.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-jobs")
         self.cli_artifact: str | None = None
         self.last_latency_ms: float | None = None
+        self.last_cache_hit: bool | None = None
+        self.last_reused_tokens: int | None = None
+        self._tickets = itertools.count(1)
+        self.latest: dict[str, int] = {}  # document URI -> number of its newest completion request
+        self._snippets: dict[str, tuple[tuple, int, list[str]]] = {}  # URI -> (open docs, line, snippets)
 
     def set_state(self, state: str, message: str | None = None) -> None:
         """Record the state and send a ``pocketpilot/status`` notification.
 
-        Params: ``{state, model, message, lastLatencyMs}`` (latency of the last completion, ms, or null).
+        Params: ``{state, model, message, lastLatencyMs, cacheHit, reusedTokens}``: the latency
+        of the last completion (ms), whether it reused the document's KV cache or the previous
+        suggestion, and how many prompt tokens it reused (tokens); null before the first one.
         """
         self.state = state
-        self.protocol.notify(STATUS_NOTIFICATION, {"state": state, "model": self.model_name, "message": message,
-                                                   "lastLatencyMs": self.last_latency_ms})
+        self.protocol.notify(STATUS_NOTIFICATION, {
+            "state": state, "model": self.model_name, "message": message, "lastLatencyMs": self.last_latency_ms,
+            "cacheHit": self.last_cache_hit, "reusedTokens": self.last_reused_tokens})
+
+    async def begin_progress(self, title: str) -> str | None:
+        """Start a ``$/progress`` report if the client supports it; returns its token or ``None``."""
+        caps = self.client_capabilities
+        if caps is None or caps.window is None or not caps.window.work_done_progress:
+            return None
+        token = f"pocketpilot-{uuid.uuid4().hex[:8]}"
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception as exc:  # the client refused the token; go on without progress
+            log.debug("no progress token: %s", exc)
+            return None
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
+        return token
+
+    def end_progress(self, token: str | None, message: str) -> None:
+        """End a ``$/progress`` report started by :meth:`begin_progress` (no-op for ``None``)."""
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
 
     async def load_model(self) -> None:
-        """Load the configured artifact in a worker thread; report problems with the fix."""
+        """Load the configured artifact in a worker thread, with ``$/progress``; report problems with the fix."""
         from pocketpilot.compression import load_artifact
         from pocketpilot.runtime import CompletionEngine
 
         self.set_state("loading")
         name = self.settings.artifact or self.cli_artifact
+        token = await self.begin_progress(f"PocketPilot: loading {name or 'the active model'}")
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(self.infer, load_artifact, name)
         except PocketPilotError as exc:
             self.engine = None
+            self.end_progress(token, f"failed: {exc}")
             self.set_state("no-model", str(exc))
             log.warning("%s", exc)
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"PocketPilot: {exc}"))
             return
         self.engine = CompletionEngine(loaded, self.settings.engine_settings())
         self.model_name = loaded.folder.name
+        self.end_progress(token, f"{self.model_name} ready")
         self.set_state("ready")
         log.info("model %s ready (FIM: %s)", self.model_name, self.engine.uses_fim)
 
+    def neighbour_snippets(self, uri: str, line: int, language: str | None) -> list[str]:
+        """Snippets from the other open documents most similar to the code above ``line``.
+
+        Rendered as comments, best first (see :mod:`pocketpilot.runtime.context`). The choice
+        is kept while the cursor stays within 10 lines and no other document changes, so the
+        prompt (and its KV cache) stays stable while the user types.
+        """
+        from pocketpilot.runtime.context import best_snippets
+
+        if not self.settings.context_tokens:
+            return []
+        others = tuple(sorted((d.uri, d.version or 0) for d in self.workspace.text_documents.values() if d.uri != uri))
+        if not others:
+            return []
+        kept = self._snippets.get(uri)
+        if kept is not None and kept[0] == others and abs(kept[1] - line) < 10:
+            return kept[2]
+        lines = self.workspace.get_text_document(uri).lines
+        query = "".join(lines[max(0, line - 20) : line + 1])
+        docs = ((_display_path(u), self.workspace.get_text_document(u).source) for u, _ in others)
+        chosen = [s.render(language) for s in best_snippets(query, docs)]
+        self._snippets[uri] = (others, line, chosen)
+        return chosen
+
     async def complete_at(self, uri: str, position: types.Position) -> tuple[str, str] | None:
         """Return ``(line text before the cursor, completion)``, or ``None`` when there is nothing.
+
+        ``None`` also when a newer request for the same document arrived meanwhile (it
+        pre-empts this one between tokens) or the document changed. ``$/cancelRequest``
+        cancels the awaiting coroutine; the generation stops at its next token.
 
         Raises:
             PositionError: the position lies outside the document.
@@ -84,18 +146,45 @@ class PocketPilotServer(LanguageServer):
             raise PositionError(f"character {position.character} is outside line {position.line} of {uri}")
         if self.engine is None:
             return None
+        ticket = next(self._tickets)
+        self.latest[uri] = ticket  # a newer request for this document pre-empts this one
+        if self.settings.debounce_ms:
+            await asyncio.sleep(self.settings.debounce_ms / 1000)
+            if self.latest.get(uri) != ticket:
+                return None
+        doc = self.workspace.get_text_document(uri)
         version, source = doc.version, doc.source
         offset = doc.offset_at_position(position)
         prefix, suffix = source[:offset], source[offset:]
+        snippets = self.neighbour_snippets(uri, position.line, doc.language_id)
         engine = self.engine
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.infer, functools.partial(engine.complete, prefix, suffix, cache_key=uri))
+        cancelled = threading.Event()
+
+        def should_stop() -> bool:  # polled by the inference thread between tokens
+            return cancelled.is_set() or self.latest.get(uri) != ticket
+
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.infer, functools.partial(
+                engine.complete, prefix, suffix, cache_key=uri, should_stop=should_stop,
+                language=doc.language_id, snippets=snippets))
+        except asyncio.CancelledError:  # $/cancelRequest: stop the generation at the next token
+            cancelled.set()
+            raise
+        finally:
+            if self.latest.get(uri) == ticket:
+                del self.latest[uri]
+        if result.cancelled:
+            log.debug("completion for %s pre-empted after %.0f ms", uri, result.total_ms)
+            return None
         if self.workspace.get_text_document(uri).version != version:
             log.debug("document %s changed during inference; answering empty", uri)
             return None
-        log.info("completion in %.0f ms (%d prompt tokens, %d reused, %d new%s)", result.total_ms, result.prompt_tokens,
-                 result.reused_tokens, result.new_tokens, ", typed ahead" if result.typed_ahead else "")
+        log.info("completion in %.0f ms (%d prompt tokens, %d reused, %d context, %d new%s%s)", result.total_ms,
+                 result.prompt_tokens, result.reused_tokens, result.context_tokens, result.new_tokens,
+                 ", typed ahead" if result.typed_ahead else "", ", block" if result.block else "")
         self.last_latency_ms = round(result.total_ms, 1)
+        self.last_cache_hit = result.typed_ahead or result.reused_tokens > 0
+        self.last_reused_tokens = result.reused_tokens
         self.set_state(self.state)
         if not result.text:
             return None
@@ -157,6 +246,11 @@ async def completion(ls: PocketPilotServer, params: types.CompletionParams):
     )])
 
 
+def _display_path(uri: str) -> str:
+    """The file name of a document URI, as shown above its snippets in the prompt."""
+    return PurePosixPath(unquote(urlparse(uri).path)).name or uri
+
+
 def _trailing_word(text: str) -> str:
     i = len(text)
     while i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
@@ -174,21 +268,14 @@ async def compress_command(ls: PocketPilotServer, *args):
 
     opts = args[0] if args and isinstance(args[0], dict) else {}
     loop = asyncio.get_running_loop()
-    token = f"pocketpilot-compress-{uuid.uuid4().hex[:8]}"
-    try:
-        await ls.work_done_progress.create_async(token)
-        has_progress = True
-    except Exception:  # client without window.workDoneProgress
-        has_progress = False
+    token = await ls.begin_progress("PocketPilot: compressing")
 
     def report(message: str, fraction: float | None) -> None:
         log.info("compress: %s", message)
-        if has_progress:
+        if token is not None:
             value = types.WorkDoneProgressReport(message=message, percentage=None if fraction is None else int(fraction * 100))
             loop.call_soon_threadsafe(ls.work_done_progress.report, token, value)
 
-    if has_progress:
-        ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="PocketPilot: compressing", cancellable=False))
     previous = ls.state
     ls.set_state("compressing")
     try:
@@ -199,12 +286,10 @@ async def compress_command(ls: PocketPilotServer, *args):
         )
     except PocketPilotError as exc:
         ls.set_state(previous)
-        if has_progress:
-            ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"failed: {exc}"))
+        ls.end_progress(token, f"failed: {exc}")
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"PocketPilot: {exc}"))
         return {"ok": False, "error": str(exc)}
-    if has_progress:
-        ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"artifact {result.artifact_id} ready"))
+    ls.end_progress(token, f"artifact {result.artifact_id} ready")
     ls.settings = ServerSettings(**{**ls.settings.__dict__, "artifact": result.artifact_id})
     await ls.load_model()
     return {"ok": True, **result.summary()}

@@ -9,6 +9,10 @@ from pocketpilot.runtime.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
+#: smallest accepted value of each integer setting
+MINIMUM = {"max_new_tokens": 1, "prefix_tokens": 1, "suffix_tokens": 0, "block_max_tokens": 1,
+           "context_tokens": 0, "kv_cache_mb": 0, "debounce_ms": 0}
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -16,15 +20,29 @@ class ServerSettings:
 
     Attributes:
         artifact: artifact id or folder to serve (``artifact``); ``None`` = the active one.
-        max_new_tokens: decode at most this many tokens per completion (``maxNewTokens``).
+        max_new_tokens: decode at most this many tokens per one-line completion (``maxNewTokens``).
         prefix_tokens: context window before the cursor, in tokens (``prefixTokens``).
         suffix_tokens: context window after the cursor for FIM models, in tokens (``suffixTokens``).
+        multiline: complete a whole block body on a blank line after a block opener (``multiline``).
+        block_max_tokens: decode at most this many tokens for a block body (``blockMaxTokens``).
+        context_tokens: budget for snippets from other open documents, in tokens; 0 = none
+            (``contextTokens``).
+        kv_cache_mb: memory for per-document KV caches, MB; 0 turns KV-cache and typed-ahead
+            reuse off (``kvCacheMb``).
+        debounce_ms: wait this long (ms) before starting a completion and drop it if a newer
+            request for the document arrived meanwhile; 0 = no wait, clients debounce
+            (``debounceMs``).
     """
 
     artifact: str | None = None
     max_new_tokens: int = EngineSettings.max_new_tokens
     prefix_tokens: int = EngineSettings.prefix_tokens
     suffix_tokens: int = EngineSettings.suffix_tokens
+    multiline: bool = EngineSettings.multiline
+    block_max_tokens: int = EngineSettings.block_max_tokens
+    context_tokens: int = EngineSettings.context_tokens
+    kv_cache_mb: int = EngineSettings.kv_cache_mb
+    debounce_ms: int = 0
 
     @staticmethod
     def camel(name: str) -> str:
@@ -53,13 +71,21 @@ class ServerSettings:
                     values[f.name] = value or None
                 else:
                     problems.append("setting 'artifact' must be a string; using the active artifact")
-            elif isinstance(value, int) and not isinstance(value, bool) and value >= (0 if f.name == "suffix_tokens" else 1):
+            elif isinstance(f.default, bool):
+                if isinstance(value, bool):
+                    values[f.name] = value
+                else:
+                    problems.append(f"setting {key!r} must be true or false, got {value!r}; using {f.default}")
+            elif isinstance(value, int) and not isinstance(value, bool) and value >= MINIMUM[f.name]:
                 values[f.name] = value
             else:
-                problems.append(f"setting {key!r} must be a positive integer, got {value!r}; using {f.default}")
+                problems.append(f"setting {key!r} must be an integer >= {MINIMUM[f.name]}, got {value!r}; "
+                                f"using {f.default}")
         return cls(**values), problems
 
     def engine_settings(self) -> EngineSettings:
         """The :class:`EngineSettings` these settings ask for."""
         return EngineSettings(max_new_tokens=self.max_new_tokens, prefix_tokens=self.prefix_tokens,
-                              suffix_tokens=self.suffix_tokens)
+                              suffix_tokens=self.suffix_tokens, multiline=self.multiline,
+                              block_max_tokens=self.block_max_tokens, context_tokens=self.context_tokens,
+                              kv_cache_mb=self.kv_cache_mb)

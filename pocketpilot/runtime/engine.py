@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from pocketpilot.runtime.loader import LoadedModel
-from pocketpilot.runtime.postprocess import finalize
+from pocketpilot.runtime.postprocess import block_end, block_opener, finalize, indentation, open_brackets
 from pocketpilot.runtime.settings import EngineSettings
+
+#: prompt tokens per forward pass during prefill; cancellation is polled between chunks
+PREFILL_CHUNK = 128
 
 #: FIM token spellings, tried in order: (prefix, suffix, middle).
 FIM_STYLES = (
@@ -34,6 +38,8 @@ class Completion:
         cancelled: generation stopped because ``should_stop`` returned True.
         reused_tokens: prompt tokens whose keys/values came from the document's cached KV (tokens).
         typed_ahead: answered from the previous suggestion without running the model.
+        block: the cursor started a block body, so the completion may span several lines.
+        context_tokens: prompt tokens taken by snippets from other documents (tokens).
     """
 
     text: str
@@ -45,6 +51,8 @@ class Completion:
     cancelled: bool = False
     reused_tokens: int = 0
     typed_ahead: bool = False
+    block: bool = False
+    context_tokens: int = 0
 
     @property
     def total_ms(self) -> float:
@@ -87,6 +95,11 @@ class CompletionEngine:
                 self.fim = tuple(vocab[t] for t in style)  # type: ignore[assignment]
                 break
         self.stop_ids = self._stop_ids(vocab)
+        self._special_ids = set(self.tokenizer.all_special_ids or []) | set(
+            getattr(self.tokenizer, "added_tokens_decoder", {}) or {})
+        self._texts: list[str] | None = None
+        self._sorted_ids = torch.empty(0, dtype=torch.long)
+        self._sorted_texts: list[str] = []
         self._docs: OrderedDict[str, _DocState] = OrderedDict()
         cfg = self.model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -112,23 +125,36 @@ class CompletionEngine:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def build_prompt(self, prefix: str, suffix: str, window_start: int | None = None) -> list[int]:
-        """Token ids of the prompt: FIM ``<prefix>P<suffix>S<middle>`` or just ``P``.
+    def build_prompt(self, prefix: str, suffix: str, window_start: int | None = None,
+                     context: Sequence[int] = ()) -> list[int]:
+        """Token ids of the prompt: FIM ``<prefix>CP<suffix>S<middle>`` or just ``CP``.
 
-        The prefix keeps its last ``prefix_tokens`` tokens (or, with ``window_start``, the text
-        from that character offset on) and the suffix its first ``suffix_tokens`` tokens (text
-        is cut to about 6 characters a token first).
+        The prefix ``P`` keeps its last ``prefix_tokens`` tokens (or, with ``window_start``, the
+        text from that character offset on) and the suffix ``S`` its first ``suffix_tokens``
+        tokens (text is cut to about 6 characters a token first). ``C`` is ``context``, token ids
+        of snippets from other documents (see :meth:`pack_context`).
         """
         s = self.settings
         if window_start is None:
             p_ids = self._encode(prefix[-s.prefix_tokens * 6 :])[-s.prefix_tokens :]
         else:
             p_ids = self._encode(prefix[window_start:])
+        p_ids = [*context, *p_ids]
         if self.fim is None:
             return p_ids or [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
         s_ids = self._encode(suffix[: s.suffix_tokens * 6])[: s.suffix_tokens] if s.suffix_tokens else []
         fp, fs, fm = self.fim
         return [fp, *p_ids, fs, *s_ids, fm]
+
+    def pack_context(self, snippets: Sequence[str]) -> list[int]:
+        """Token ids of as many ``snippets`` (rendered text, best first) as fit ``context_tokens``."""
+        ids: list[int] = []
+        for text in snippets:
+            more = self._encode(text)
+            if len(ids) + len(more) > self.settings.context_tokens:
+                break
+            ids.extend(more)
+        return ids
 
     @torch.inference_mode()
     def complete(
@@ -139,44 +165,80 @@ class CompletionEngine:
         max_new_tokens: int | None = None,
         should_stop: Callable[[], bool] | None = None,
         cache_key: str | None = None,
+        language: str | None = None,
+        snippets: Sequence[str] = (),
+        allow_block: bool = True,
     ) -> Completion:
         """Complete the code at the cursor between ``prefix`` and ``suffix``.
 
         Args:
             prefix: document text before the cursor.
             suffix: document text after the cursor.
-            max_new_tokens: override of ``settings.max_new_tokens`` (tokens).
-            should_stop: polled between decode steps; returning True cancels (the partial text
-                is returned with ``cancelled=True``).
+            max_new_tokens: override of ``settings.max_new_tokens`` or, for a block body,
+                ``settings.block_max_tokens`` (tokens).
+            should_stop: polled before the prefill, between prefill chunks of
+                :data:`PREFILL_CHUNK` tokens and between decode steps; returning True cancels:
+                the text so far comes back with ``cancelled=True`` and the keys/values computed
+                so far are kept for the document's next request.
             cache_key: identifies the document (e.g. its URI) for KV-cache and typed-ahead reuse;
                 ``None`` computes from scratch and remembers nothing.
+            language: LSP language id (``"python"`` ...); picks the block opener and comment style.
+            snippets: rendered snippets from other documents, best first; as many as fit
+                ``settings.context_tokens`` go before the prefix.
+            allow_block: False keeps to one line even where a block body could start.
 
         Returns:
-            A :class:`Completion`; in single-line mode its text ends before the first newline.
+            A :class:`Completion`. Its text ends before the first newline unless the cursor starts
+            a block body (a blank line after ``:`` in Python or ``{`` elsewhere) and
+            ``settings.multiline`` is on; then it holds the body up to where the indentation
+            returns to the opener's level.
         """
-        limit = max_new_tokens or self.settings.max_new_tokens
+        if should_stop is not None and should_stop():
+            return Completion(text="", raw="", prompt_tokens=0, new_tokens=0, prefill_ms=0.0, decode_ms=0.0,
+                              cancelled=True)
+        opener = block_opener(prefix, suffix, language) if self.settings.multiline and allow_block else None
+        limit = max_new_tokens or (self.settings.block_max_tokens if opener is not None else self.settings.max_new_tokens)
         if cache_key is not None:
             ahead = self._typed_ahead(cache_key, prefix, suffix)
             if ahead is not None:
                 return ahead
         start = self._window_start(prefix, cache_key) if cache_key is not None else None
-        ids = self.build_prompt(prefix, suffix, window_start=start)
+        context = self.pack_context(snippets) if snippets and self.settings.context_tokens else []
+        ids = self.build_prompt(prefix, suffix, window_start=start, context=context)
+        ids, healed = self._heal(ids)
+        line_prefix = prefix.rsplit("\n", 1)[-1]
         t0 = time.perf_counter()
-        logits, cache, reused = self._prefill(ids, cache_key)
-        next_id = int(logits.argmax())
+        logits, cache, reused, fed_count = self._prefill(ids, cache_key, should_stop)
         t1 = time.perf_counter()
+        if logits is None:  # cancelled during the prefill
+            if cache_key is not None and cache is not None:
+                self._remember(cache_key, _DocState(ids[:fed_count], cache, start or 0, prefix, suffix, ""))
+            return Completion(text="", raw="", prompt_tokens=len(ids), new_tokens=0, prefill_ms=(t1 - t0) * 1e3,
+                              decode_ms=0.0, cancelled=True, reused_tokens=reused, block=opener is not None,
+                              context_tokens=len(context))
+        next_id = int(logits.argmax())
+        if healed:  # the first token must restore the removed text (it may go on past it)
+            lo, hi = self._tokens_starting_with(healed)
+            allowed = self._sorted_ids[lo:hi]
+            if len(allowed):
+                next_id = int(allowed[int(logits[allowed].argmax())])
         fed = list(ids)
         generated: list[int] = []
         raw = ""
-        cancelled = False
+        cancelled = truncated = False
         while True:
             if next_id in self.stop_ids:
                 break
             generated.append(next_id)
             raw = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if not self.settings.multiline and "\n" in raw:
+            if healed:
+                raw = raw[len(healed):] if raw.startswith(healed) else raw
+            if opener is None and "\n" in raw:
+                break
+            if opener is not None and block_end(raw, line_prefix, opener) is not None:
                 break
             if len(generated) >= limit:
+                truncated = True
                 break
             if should_stop is not None and should_stop():
                 cancelled = True
@@ -188,8 +250,9 @@ class CompletionEngine:
             cache = out.past_key_values
             next_id = int(out.logits[0, -1].argmax())
         t2 = time.perf_counter()
-        line_prefix = prefix.rsplit("\n", 1)[-1]
-        text = finalize(raw, line_prefix, suffix, multiline=self.settings.multiline)
+        tail = prefix[-4000:]
+        text = finalize(raw, line_prefix, suffix, still_open=open_brackets(tail, language), opener_indent=opener,
+                        uses_tabs=_uses_tabs(tail), truncated=truncated)
         if cache_key is not None:
             self._remember(cache_key, _DocState(fed, cache, start or 0, prefix, suffix, "" if cancelled else text))
         return Completion(
@@ -201,13 +264,65 @@ class CompletionEngine:
             decode_ms=(t2 - t1) * 1e3,
             cancelled=cancelled,
             reused_tokens=reused,
+            block=opener is not None,
+            context_tokens=len(context),
         )
 
-    def _prefill(self, ids: list[int], cache_key: str | None) -> tuple[torch.Tensor, Any, int]:
+    def _heal(self, ids: list[int]) -> tuple[list[int], str]:
+        """Token healing: drop the prompt's last token so the model may re-tokenize across the cursor.
+
+        A prompt that ends inside what is normally one token (``"\\n"`` before an indent that
+        the tokenizer merges as ``"\\n    "``, or half a word) is out of distribution for a
+        left-to-right model. The last token is removed and the first generated token is
+        constrained to start with its text (token healing, Microsoft guidance, 2023). FIM
+        prompts are left alone: FIM training cuts documents at character positions and
+        tokenizes the pieces apart (Bavarian et al., 2022, "Efficient Training of Language
+        Models to Fill in the Middle"), so FIM models know prefixes that end inside a token.
+        Returns ``(ids, removed text)``; nothing is removed (``""``) for FIM prompts, one-token
+        prompts and special last tokens.
+        """
+        if self.fim is not None or len(ids) < 2:
+            return ids, ""
+        end = len(ids) - 1
+        if ids[end] in self.stop_ids or ids[end] in self._special_ids:
+            return ids, ""
+        text = self._token_texts()[ids[end]]
+        if not text:
+            return ids, ""
+        return ids[:end] + ids[end + 1 :], text
+
+    def _token_texts(self) -> list[str]:
+        """Decoded text of every token id (built once, about 1 s for a 150k vocabulary)."""
+        if self._texts is None:
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            for i in self._special_ids:
+                if i < len(texts):
+                    texts[i] = ""
+            order = sorted(range(len(texts)), key=texts.__getitem__)
+            self._texts = texts
+            self._sorted_ids = torch.tensor(order)
+            self._sorted_texts = [texts[i] for i in order]
+        return self._texts
+
+    def _tokens_starting_with(self, text: str) -> tuple[int, int]:
+        """Range ``[lo, hi)`` of ``self._sorted_ids`` whose token text starts with ``text``."""
+        self._token_texts()
+        lo = bisect.bisect_left(self._sorted_texts, text)
+        hi = bisect.bisect_left(self._sorted_texts, text + "\U0010ffff")
+        return lo, hi
+
+    def _prefill(
+        self, ids: list[int], cache_key: str | None, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[torch.Tensor | None, Any, int, int]:
         """Run the prompt through the model, reusing the document's cached keys/values.
 
-        Returns ``(logits [vocab] of the last prompt token, cache, reused token count)``. At
-        least the last prompt token is always recomputed.
+        New tokens go through in chunks of :data:`PREFILL_CHUNK`; ``should_stop`` is polled
+        between chunks. At least the last prompt token is always recomputed.
+
+        Returns:
+            ``(logits, cache, reused, fed)``: ``logits`` [vocab] of the last prompt token (``None``
+            if cancelled), the cache, the count of prompt tokens taken from the document's cache,
+            and the count of prompt tokens whose keys/values are now in ``cache`` (tokens).
         """
         state = self._docs.pop(cache_key, None) if cache_key is not None else None
         cache, reused = None, 0
@@ -218,9 +333,16 @@ class CompletionEngine:
                 extra = cache.get_seq_length() - reused
                 if extra > 0:
                     cache.crop(-extra)  # a negative count removes that many tokens (transformers 4.x and 5.x)
-        out = self.model(input_ids=torch.tensor([ids[reused:]]), past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
-        return out.logits[0, -1], out.past_key_values, reused
+        pos = reused
+        while True:
+            end = min(len(ids), pos + PREFILL_CHUNK)
+            out = self.model(input_ids=torch.tensor([ids[pos:end]]), past_key_values=cache, use_cache=True,
+                             logits_to_keep=1)
+            cache, pos = out.past_key_values, end
+            if pos == len(ids):
+                return out.logits[0, -1], cache, reused, pos
+            if should_stop is not None and should_stop():
+                return None, cache, reused, pos
 
     def _window_start(self, prefix: str, cache_key: str) -> int:
         """Character offset where the prefix window starts, kept stable while it fits.
@@ -249,7 +371,7 @@ class CompletionEngine:
         if state is None or not state.text or suffix != state.suffix or not prefix.startswith(state.prefix):
             return None
         typed = prefix[len(state.prefix) :]
-        if not typed or "\n" in typed or not state.text.startswith(typed) or len(typed) >= len(state.text):
+        if not typed or not state.text.startswith(typed) or len(typed) >= len(state.text):
             return None
         self._docs.move_to_end(cache_key)
         rest = state.text[len(typed) :]
@@ -274,6 +396,15 @@ class CompletionEngine:
     def forget(self, cache_key: str) -> None:
         """Drop what is kept for a document (e.g. when it is closed)."""
         self._docs.pop(cache_key, None)
+
+
+def _uses_tabs(text: str) -> bool:
+    """True when the last indented line of ``text`` is indented with a tab."""
+    for line in reversed(text.split("\n")):
+        ws = indentation(line)
+        if ws and line.strip():
+            return ws.startswith("\t")
+    return False
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -13,19 +13,27 @@ class EngineSettings:
         max_new_tokens: decode at most this many tokens (tokens).
         prefix_tokens: keep at most this many tokens of text before the cursor (tokens).
         suffix_tokens: keep at most this many tokens of text after the cursor, FIM only (tokens).
-        multiline: if False, stop at the end of the current line.
+        multiline: on a blank line after a block opener (``:`` in Python, ``{`` elsewhere), complete
+            the whole block body; if False, always stop at the end of the current line.
+        block_max_tokens: decode at most this many tokens for a block body (tokens).
+        context_tokens: budget for snippets from other open documents placed before the prefix
+            (tokens); 0 turns them off.
         kv_cache_mb: memory for the KV caches kept per document between requests (MB, 10^6 bytes);
-            least recently used documents are dropped first.
+            least recently used documents are dropped first; 0 turns KV-cache and typed-ahead reuse off.
     """
 
     max_new_tokens: int = 48
     prefix_tokens: int = 512
     suffix_tokens: int = 128
-    multiline: bool = False
+    multiline: bool = True
+    block_max_tokens: int = 96
+    context_tokens: int = 256
     kv_cache_mb: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "prefix_tokens"):
+        if self.context_tokens < 0:
+            raise ValueError(f"context_tokens must be >= 0, got {self.context_tokens}")
+        for name in ("max_new_tokens", "prefix_tokens", "block_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_cache_mb < 0:

@@ -31,14 +31,65 @@ def test_prefix_only_prompt_and_windows(tiny_teacher):
 def test_single_line_stop_limits_and_cancellation(tiny_teacher):
     engine = CompletionEngine(load_model_folder(tiny_teacher))
     c = engine.complete("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y", "")
-    assert c.text == " = y" and "\n" in c.raw and c.new_tokens >= 2 and c.prefill_ms > 0
-    multi = CompletionEngine(engine.loaded, EngineSettings(multiline=True, max_new_tokens=30))
-    assert multi.complete("def add(a, b):", "").text == "\n    return a + b"
+    assert c.text == " = y" and "\n" in c.raw and c.new_tokens >= 2 and c.prefill_ms > 0 and not c.block
     one = engine.complete("def add(a, b):\n    return", "\n", max_new_tokens=1)
     assert one.new_tokens == 1
     calls = []
-    stopped = engine.complete("def add(a, b):\n    return", "\n", should_stop=lambda: calls.append(1) or True)
-    assert stopped.cancelled and stopped.new_tokens == 1 and len(calls) == 1
+    stopped = engine.complete("def add(a, b):\n    return", "\n", should_stop=lambda: calls.append(1) or len(calls) > 2)
+    assert stopped.cancelled and stopped.new_tokens == 2 and len(calls) == 3
+    at_once = engine.complete("def add(a, b):\n    return", "\n", should_stop=lambda: True)
+    assert at_once.cancelled and at_once.new_tokens == 0 and at_once.prompt_tokens == 0
+
+
+def test_block_mode_completes_the_body_and_only_after_an_opener(tiny_teacher):
+    engine = CompletionEngine(load_model_folder(tiny_teacher))
+    block = engine.complete("class Point:\n", "", language="python")
+    assert block.block and block.text == "    def __init__(self, x, y):\n        self.x = x\n        self.y = y"
+    inner = engine.complete("class Point:\n    def __init__(self, x, y):\n", "\nprint(p)\n", language="python")
+    assert inner.block and inner.text == "        self.x = x\n        self.y = y"
+    # mid-line, or a `{` opener in Python, or block mode off: one line only
+    assert not engine.complete("def add(a, b):\n    return", "\n", language="python").block
+    assert not engine.complete("class Point {\n", "", language="python").block
+    single = CompletionEngine(engine.loaded, EngineSettings(multiline=False))
+    assert single.complete("class Point:\n", "", language="python").text == "    def __init__(self, x, y):"
+    assert engine.complete("class Point:\n", "", language="python", allow_block=False).text == "    def __init__(self, x, y):"
+    capped = engine.complete("class Point:\n", "", language="python", max_new_tokens=12)
+    assert capped.new_tokens == 12 and capped.text == "    def __init__(self, x, y):"  # unfinished last line dropped
+
+
+def test_token_healing_completes_inside_a_word(tiny_teacher):
+    engine = CompletionEngine(load_model_folder(tiny_teacher))
+    ids = engine.build_prompt("def add(a, b):\n    ret", "")
+    healed, removed = engine._heal(ids)
+    assert healed == ids[:-1] and removed == engine.tokenizer.decode(ids[-1:])
+    assert engine.complete("def add(a, b):\n    ret", "\n").text == "urn a + b"
+    assert engine.complete("def add(a, b):\n", "").text == "    return a + b"
+
+
+def test_snippets_from_other_documents_go_before_the_prefix(tiny_teacher):
+    engine = CompletionEngine(load_model_folder(tiny_teacher), EngineSettings(context_tokens=40))
+    short, long = "# a.py\n# x = 1\n", "# b.py\n" + "# total = total + item\n" * 20
+    ctx = engine.pack_context([short, long])
+    assert engine.tokenizer.decode(ctx) == short  # the second does not fit the budget
+    c = engine.complete("def add(a, b):\n    return", "\n", snippets=[short, long])
+    assert c.context_tokens == len(ctx) and c.prompt_tokens == len(ctx) + len(engine.build_prompt("def add(a, b):\n    return", "")) - 1
+    assert engine.build_prompt("x", "", context=ctx)[: len(ctx)] == ctx
+    off = CompletionEngine(engine.loaded, EngineSettings(context_tokens=0))
+    assert off.complete("def add(a, b):\n    return", "\n", snippets=[short]).context_tokens == 0
+
+
+def test_cancelled_prefill_keeps_its_keys_and_values_for_the_next_request(tiny_teacher, monkeypatch):
+    from pocketpilot.runtime import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 8)
+    engine = CompletionEngine(load_model_folder(tiny_teacher))
+    text = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y"
+    calls = []
+    stopped = engine.complete(text, "", cache_key="d", should_stop=lambda: calls.append(1) or len(calls) > 1)
+    assert stopped.cancelled and stopped.new_tokens == 0 and 0 < len(engine._docs["d"].ids) < stopped.prompt_tokens
+    fed = len(engine._docs["d"].ids)
+    again = engine.complete(text, "", cache_key="d")
+    assert again.reused_tokens == fed and again.text == " = y"
 
 
 def test_artifact_loads_without_the_teacher(pp_home, tiny_teacher, tmp_path):
@@ -49,18 +100,23 @@ def test_artifact_loads_without_the_teacher(pp_home, tiny_teacher, tmp_path):
     assert engine.complete("def add(a, b):\n    return", "\n").text == " a + b"
 
 
-def test_kv_prefix_reuse_gives_the_same_logits_as_a_full_prefill(tiny_teacher):
+def test_kv_prefix_reuse_gives_the_same_logits_as_a_full_prefill(tiny_teacher, monkeypatch):
     import torch
+
+    from pocketpilot.runtime import engine as engine_module
 
     engine = CompletionEngine(load_model_folder(tiny_teacher))
     first = engine.complete("class Point:\n    def __init__(self, x, y):\n        self.x", "", cache_key="doc")
     assert first.reused_tokens == 0 and first.text == " = x"
     prompt = engine.build_prompt("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y", "",
                                  window_start=0)
-    reused_logits, _, reused = engine._prefill(prompt, "doc")
-    fresh_logits, _, none = engine._prefill(prompt, None)
-    assert none == 0 and reused > len(prompt) // 2
+    reused_logits, _, reused, fed = engine._prefill(prompt, "doc")
+    fresh_logits, _, none, _ = engine._prefill(prompt, None)
+    assert none == 0 and reused > len(prompt) // 2 and fed == len(prompt)
     assert torch.allclose(reused_logits, fresh_logits, atol=1e-4), (reused_logits - fresh_logits).abs().max()
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 5)  # chunked prefill: same logits
+    chunked_logits, _, _, _ = engine._prefill(prompt, None)
+    assert torch.allclose(chunked_logits, fresh_logits, atol=1e-4), (chunked_logits - fresh_logits).abs().max()
 
 
 def test_completions_with_a_cache_key_reuse_and_match_fresh_ones(tiny_teacher):
