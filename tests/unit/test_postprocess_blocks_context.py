@@ -66,7 +66,7 @@ def test_open_brackets_skip_strings_and_comments():
 @pytest.mark.parametrize("completion, still_open, expected", [
     ("1, 2])", ["["], "1, 2]"),        # `)` closes nothing that is open
     ("x))", ["(", "("], "x))"),
-    ("g(x)) + 1", ["("], "g(x))"),
+    ("g(x))) + 1", ["("], "g(x))"),
     ("')' + y", [], "')' + y"),        # brackets inside strings do not count
     ("a }", ["("], "a"),               # mismatched closer
 ])
