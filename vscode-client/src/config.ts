@@ -16,6 +16,11 @@ export const SERVER_SETTING_DEFAULTS = {
   maxNewTokens: 48,
   prefixTokens: 512,
   suffixTokens: 128,
+  multiline: true,
+  blockMaxTokens: 96,
+  contextTokens: 256,
+  kvCacheMb: 256,
+  debounceMs: 0,
 };
 export type ServerSettingKey = keyof typeof SERVER_SETTING_DEFAULTS;
 export type InitializationOptions = { [K in ServerSettingKey]: (typeof SERVER_SETTING_DEFAULTS)[K] };
@@ -34,7 +39,16 @@ export const RESTART_SETTINGS: readonly string[] = [
 ];
 
 /** Smallest accepted value per integer setting (mirrors the server's checks). */
-const MINIMUM: Record<string, number> = { maxNewTokens: 1, prefixTokens: 1, suffixTokens: 0 };
+const MINIMUM = {
+  maxNewTokens: 1,
+  prefixTokens: 1,
+  suffixTokens: 0,
+  blockMaxTokens: 1,
+  contextTokens: 0,
+  kvCacheMb: 0,
+  debounceMs: 0,
+} as const;
+type IntegerSettingKey = keyof typeof MINIMUM;
 
 /**
  * Build `initializationOptions` from a settings getter (`get("maxNewTokens")` etc.).
@@ -53,7 +67,13 @@ export function initializationOptions(get: (key: string) => unknown): {
   } else if (artifact !== undefined && artifact !== null && artifact !== "") {
     problems.push(`pocketpilot.artifact must be a string; using the active artifact`);
   }
-  for (const key of ["maxNewTokens", "prefixTokens", "suffixTokens"] as const) {
+  const multiline = get("multiline");
+  if (typeof multiline === "boolean") {
+    options.multiline = multiline;
+  } else if (multiline !== undefined && multiline !== null) {
+    problems.push(`pocketpilot.multiline must be true or false, got ${JSON.stringify(multiline)}; using ${SERVER_SETTING_DEFAULTS.multiline}`);
+  }
+  for (const key of Object.keys(MINIMUM) as IntegerSettingKey[]) {
     const value = get(key);
     if (value === undefined || value === null) continue;
     if (typeof value === "number" && Number.isInteger(value) && value >= MINIMUM[key]) {
