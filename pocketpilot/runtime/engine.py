@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pocketpilot.runtime.settings import EngineSettings
 
 #: prompt tokens per forward pass during prefill; cancellation is polled between chunks
 PREFILL_CHUNK = 128
+#: the trailing word, run of punctuation or run of whitespace that token healing re-generates
+_TRAILING_RUN = re.compile(r"(\w+|[^\w\s]+|\s+)$")
 
 #: FIM token spellings, tried in order: (prefix, suffix, middle).
 FIM_STYLES = (
@@ -100,6 +103,7 @@ class CompletionEngine:
         self._texts: list[str] | None = None
         self._sorted_ids = torch.empty(0, dtype=torch.long)
         self._sorted_texts: list[str] = []
+        self._text_ids: dict[str, list[int]] = {}
         self._docs: OrderedDict[str, _DocState] = OrderedDict()
         cfg = self.model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -216,12 +220,7 @@ class CompletionEngine:
             return Completion(text="", raw="", prompt_tokens=len(ids), new_tokens=0, prefill_ms=(t1 - t0) * 1e3,
                               decode_ms=0.0, cancelled=True, reused_tokens=reused, block=opener is not None,
                               context_tokens=len(context))
-        next_id = int(logits.argmax())
-        if healed:  # the first token must restore the removed text (it may go on past it)
-            lo, hi = self._tokens_starting_with(healed)
-            allowed = self._sorted_ids[lo:hi]
-            if len(allowed):
-                next_id = int(allowed[int(logits[allowed].argmax())])
+        next_id, heal_left = self._pick(logits, healed)
         fed = list(ids)
         generated: list[int] = []
         raw = ""
@@ -248,7 +247,7 @@ class CompletionEngine:
             )
             fed.append(next_id)
             cache = out.past_key_values
-            next_id = int(out.logits[0, -1].argmax())
+            next_id, heal_left = self._pick(out.logits[0, -1], heal_left)
         t2 = time.perf_counter()
         tail = prefix[-4000:]
         text = finalize(raw, line_prefix, suffix, still_open=open_brackets(tail, language), opener_indent=opener,
@@ -269,27 +268,60 @@ class CompletionEngine:
         )
 
     def _heal(self, ids: list[int]) -> tuple[list[int], str]:
-        """Token healing: drop the prompt's last token so the model may re-tokenize across the cursor.
+        """Token healing: drop the prompt's last tokens so the model may re-tokenize across the cursor.
 
         A prompt that ends inside what is normally one token (``"\\n"`` before an indent that
-        the tokenizer merges as ``"\\n    "``, or half a word) is out of distribution for a
-        left-to-right model. The last token is removed and the first generated token is
-        constrained to start with its text (token healing, Microsoft guidance, 2023). FIM
-        prompts are left alone: FIM training cuts documents at character positions and
-        tokenizes the pieces apart (Bavarian et al., 2022, "Efficient Training of Language
-        Models to Fill in the Middle"), so FIM models know prefixes that end inside a token.
-        Returns ``(ids, removed text)``; nothing is removed (``""``) for FIM prompts, one-token
-        prompts and special last tokens.
+        the tokenizer merges as ``"\\n    "``, ``" "`` before a word, or half a word) is out of
+        distribution for a left-to-right model. The fewest last tokens (at most 3) that cover
+        the trailing word, run of punctuation or run of whitespace are removed, and decoding is
+        constrained to write their text back first (see :meth:`_pick`); the model may go on past
+        it in the same token (token healing, Microsoft guidance, 2023). FIM prompts are left
+        alone: FIM training cuts documents at character positions and tokenizes the pieces
+        apart (Bavarian et al., 2022, "Efficient Training of Language Models to Fill in the
+        Middle"), so FIM models know prefixes that end inside a token.
+
+        Returns:
+            ``(ids, removed text)``; nothing is removed (``""``) for FIM prompts, one-token
+            prompts and special last tokens.
         """
         if self.fim is not None or len(ids) < 2:
             return ids, ""
-        end = len(ids) - 1
-        if ids[end] in self.stop_ids or ids[end] in self._special_ids:
-            return ids, ""
-        text = self._token_texts()[ids[end]]
-        if not text:
-            return ids, ""
-        return ids[:end] + ids[end + 1 :], text
+        texts = self._token_texts()
+        end_text = "".join(texts[i] for i in ids[-4:])
+        match = _TRAILING_RUN.search(end_text)
+        want = len(match.group(0)) if match else 1
+        removed, k = "", 0
+        while k < min(3, len(ids) - 1) and len(removed) < want:
+            tok = ids[-1 - k]
+            if tok in self.stop_ids or tok in self._special_ids or not texts[tok]:
+                break
+            removed = texts[tok] + removed
+            k += 1
+        return (ids[: len(ids) - k], removed) if k else (ids, "")
+
+    def _pick(self, logits: torch.Tensor, heal_left: str) -> tuple[int, str]:
+        """Greedy next token, constrained while healed text remains to be written back.
+
+        Args:
+            logits: next-token logits [vocab].
+            heal_left: text removed by :meth:`_heal` and not yet regenerated ("" = unconstrained).
+
+        Returns:
+            ``(token id, text still to regenerate)``. While ``heal_left`` is set the token must
+            either start with it or be a non-empty prefix of it.
+        """
+        if not heal_left:
+            return int(logits.argmax()), ""
+        lo, hi = self._tokens_starting_with(heal_left)
+        allowed = self._sorted_ids[lo:hi].tolist()
+        for k in range(1, len(heal_left)):
+            allowed.extend(self._text_ids.get(heal_left[:k], ()))
+        if not allowed:
+            return int(logits.argmax()), ""
+        index = torch.tensor(allowed)
+        tok = int(index[int(logits[index].argmax())])
+        text = self._texts[tok] if self._texts is not None else ""
+        return tok, heal_left[len(text) :] if heal_left.startswith(text) and len(text) < len(heal_left) else ""
 
     def _token_texts(self) -> list[str]:
         """Decoded text of every token id (built once, about 1 s for a 150k vocabulary)."""
@@ -302,6 +334,10 @@ class CompletionEngine:
             self._texts = texts
             self._sorted_ids = torch.tensor(order)
             self._sorted_texts = [texts[i] for i in order]
+            self._text_ids = {}
+            for i, t in enumerate(texts):
+                if t:
+                    self._text_ids.setdefault(t, []).append(i)
         return self._texts
 
     def _tokens_starting_with(self, text: str) -> tuple[int, int]:

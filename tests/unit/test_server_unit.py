@@ -1,5 +1,9 @@
 """Server logic that needs precise timing, tested in-process with a controllable engine."""
 
+import asyncio
+import threading
+import time
+
 import pytest
 from lsprotocol import types
 from pygls.workspace import Workspace
@@ -18,7 +22,7 @@ class ScriptedEngine:
     def __init__(self, workspace, edit: bool):
         self.workspace, self.edit, self.calls = workspace, edit, []
 
-    def complete(self, prefix, suffix, cache_key=None):
+    def complete(self, prefix, suffix, cache_key=None, **kwargs):
         self.calls.append((prefix, suffix))
         if self.edit:
             self.workspace.get_text_document(URI).version += 1
@@ -59,3 +63,94 @@ def test_settings_parse_bad_values_fall_back():
     assert s.max_new_tokens == 8 and s.prefix_tokens == ServerSettings().prefix_tokens and s.artifact == "x"
     assert len(problems) == 2
     assert ServerSettings.parse("nope")[0] == ServerSettings()
+
+
+class SlowEngine:
+    """Decodes "one token" every 10 ms for up to 5 s, polling ``should_stop`` like the real engine."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.stopped_after: list[float] = []
+        self.kwargs: list[dict] = []
+
+    def complete(self, prefix, suffix, cache_key=None, should_stop=None, **kwargs):
+        self.kwargs.append(kwargs)
+        if should_stop():
+            return Completion(text="", raw="", prompt_tokens=0, new_tokens=0, prefill_ms=0, decode_ms=0, cancelled=True)
+        self.started.set()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 5:
+            if should_stop():
+                self.stopped_after.append(time.perf_counter() - t0)
+                return Completion(text="", raw="", prompt_tokens=5, new_tokens=1, prefill_ms=1, decode_ms=1,
+                                  cancelled=True)
+            time.sleep(0.01)
+            if prefix.endswith("fast"):
+                break
+        return Completion(text=" done", raw=" done", prompt_tokens=5, new_tokens=3, prefill_ms=1, decode_ms=1)
+
+
+def _edit(ls, text):
+    doc = ls.workspace.get_text_document(URI)
+    ls.workspace.put_text_document(types.TextDocumentItem(uri=URI, language_id="python", version=doc.version + 1,
+                                                          text=text))
+
+
+async def test_a_newer_request_for_the_document_preempts_the_running_one(ls):
+    ls.engine = SlowEngine()
+    first = asyncio.create_task(ls.complete_at(URI, types.Position(line=1, character=10)))
+    await asyncio.get_running_loop().run_in_executor(None, ls.engine.started.wait, 5)
+    _edit(ls, "def add(a, b):\n    return fast\n")
+    second = await ls.complete_at(URI, types.Position(line=1, character=15))
+    assert await first is None
+    assert second == ("    return fast", " done")
+    assert ls.engine.stopped_after and ls.engine.stopped_after[0] < 1.0
+
+
+async def test_cancel_request_stops_generation_and_frees_the_worker(ls):
+    ls.engine = SlowEngine()
+    task = asyncio.create_task(ls.complete_at(URI, types.Position(line=1, character=10)))
+    await asyncio.get_running_loop().run_in_executor(None, ls.engine.started.wait, 5)
+    t0 = time.perf_counter()
+    task.cancel()  # what pygls does on $/cancelRequest
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _edit(ls, "def add(a, b):\n    return fast\n")
+    assert await ls.complete_at(URI, types.Position(line=1, character=15)) == ("    return fast", " done")
+    assert time.perf_counter() - t0 < 1.5 and ls.engine.stopped_after[0] < 1.0
+
+
+async def test_server_side_debounce_drops_superseded_requests(ls):
+    ls.engine = ScriptedEngine(ls.workspace, edit=False)
+    ls.settings = ServerSettings(debounce_ms=100)
+    first = asyncio.create_task(ls.complete_at(URI, types.Position(line=1, character=10)))
+    await asyncio.sleep(0.02)
+    second = await ls.complete_at(URI, types.Position(line=1, character=10))
+    assert await first is None and second == ("    return", " a + b")
+    assert len(ls.engine.calls) == 1  # the superseded request never reached the model
+
+
+async def test_snippets_come_from_other_open_documents_and_stay_stable(ls):
+    ls.engine = SlowEngine()
+    other = "file:///w/config.py"
+    ls.workspace.put_text_document(types.TextDocumentItem(uri=other, language_id="python", version=1,
+                                                          text="def load_config(path):\n    return parse(path)\n"))
+    _edit(ls, "cfg = load_config(path)\nfast\n")
+    assert await ls.complete_at(URI, types.Position(line=1, character=4)) == ("fast", " done")
+    snippets = ls.engine.kwargs[-1]["snippets"]
+    assert snippets == ["# Compare this snippet from config.py:\n# def load_config(path):\n#     return parse(path)\n"]
+    assert ls.engine.kwargs[-1]["language"] == "python"
+    assert ls.neighbour_snippets(URI, 3, "python") is snippets  # same choice while the cursor stays near
+    ls.settings = ServerSettings(context_tokens=0)
+    assert ls.neighbour_snippets(URI, 1, "python") == []
+
+
+def test_new_settings_parse_and_reach_the_engine():
+    s, problems = ServerSettings.parse({"multiline": False, "kvCacheMb": 0, "debounceMs": 30, "contextTokens": "x",
+                                        "blockMaxTokens": 0})
+    assert not s.multiline and s.kv_cache_mb == 0 and s.debounce_ms == 30
+    assert s.context_tokens == ServerSettings().context_tokens and s.block_max_tokens == ServerSettings().block_max_tokens
+    assert len(problems) == 2
+    e = s.engine_settings()
+    assert not e.multiline and e.kv_cache_mb == 0
+    assert ServerSettings.parse({"multiline": 1})[1] == ["setting 'multiline' must be true or false, got 1; using True"]
