@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const VSIX = join(here, "..", "pocketpilot.vsix");
 const CODE_SERVER = join(here, "node_modules", "code-server", "out", "node", "entry.js");
-const PYTHON = process.env.POCKETPILOT_PYTHON || "python3";
+let PYTHON = process.env.POCKETPILOT_PYTHON || "python3"; // made absolute in before()
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SKIP = existsSync(CHROMIUM) ? false
   : `chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM`;
@@ -76,6 +76,8 @@ describe("VS Code UI (code-server + chromium)", { skip: SKIP }, () => {
     assert.ok(existsSync(VSIX), `${VSIX} is missing: run \`npm run package\` in vscode-client`);
     const { chromium } = await import("playwright-core");
 
+    // An absolute interpreter for pocketpilot.pythonPath: code-server runs without PYTHON's folder on PATH.
+    PYTHON = String(execFileSync(PYTHON, ["-c", "import sys; print(sys.executable)"])).trim();
     work = mkdtempSync(join(tmpdir(), "pocketpilot-ui-"));
     const home = join(work, "pp-home");
     step("building the tiny model");
@@ -130,7 +132,7 @@ describe("VS Code UI (code-server + chromium)", { skip: SKIP }, () => {
     const port = await freePort();
     // Without PYTHON's folder (an activated venv) on PATH, the extension's fallback to python3 on
     // PATH cannot hide a pythonPath setting it did not read.
-    const drop = new Set([PYTHON.includes("/") ? dirname(resolve(PYTHON)) : "", process.env.VIRTUAL_ENV ? join(process.env.VIRTUAL_ENV, "bin") : ""]);
+    const drop = new Set([dirname(PYTHON), process.env.VIRTUAL_ENV ? join(process.env.VIRTUAL_ENV, "bin") : ""]);
     const PATH = (process.env.PATH ?? "").split(delimiter).filter((p) => !drop.has(resolve(p || "."))).join(delimiter);
     server = spawn(process.execPath, [CODE_SERVER, ...common, "--auth", "none", "--bind-addr", `127.0.0.1:${port}`,
       "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust", "--disable-getting-started-override", project],
