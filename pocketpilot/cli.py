@@ -1,4 +1,4 @@
-"""Command line: ``pocketpilot compress | list | complete | serve | eval``."""
+"""Command line: ``pocketpilot compress | list | complete | serve | eval | bench``."""
 
 from __future__ import annotations
 
@@ -172,6 +172,30 @@ METHOD_HELP = ("int8 (default): weight-only per-channel int8, activation-aware s
                "bf16: bfloat16 weights; none: float32 copy of the teacher")
 
 
+def cmd_bench(args) -> int:
+    from pocketpilot.evaluation.typing_replay import run_typing_bench
+
+    res = run_typing_bench(Path(args.source_dir) if args.source_dir else None, files=args.files, lines=args.lines,
+                           seed=args.seed, cps=args.cps, debounce_ms=args.debounce_ms, artifact=args.model,
+                           reuse_off=not args.no_reuse_off, progress=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    chars = sum(s["chars"] for s in res["stretches"])
+    print(f"typing replay: {len(res['stretches'])} stretches, {chars} characters at {res['cps']:g} chars/s, "
+          f"{res['debounce_ms']:g} ms debounce, model {res['on']['model']}")
+    for name in ("on", "off"):
+        r = res[name]
+        if r is None:
+            continue
+        acc = "n/a" if r["acceptance"] is None else f"{100 * r['acceptance']:.0f}%"
+        print(f"  reuse {name:3}: {r['requests']} requests, p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms; "
+              f"cache hits {100 * r['cache_hit_rate']:.0f}%, {r['reused_tokens_mean']} tokens reused on average, "
+              f"{r['typed_ahead_hits']} typed-ahead; suggestions typed {r['accepted']}/{r['suggestions']} ({acc})")
+    if res["p50_ratio_off_over_on"] is not None:
+        print(f"  p50 reuse off / on: {res['p50_ratio_off_over_on']}x")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pocketpilot.compression.teachers import ACCEPTED_FORMS, DEFAULT_TEACHER
 
@@ -223,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: time a prefill and 32 decode steps on standard-library code (median of 3)")
     e.add_argument("--prompt-tokens", type=int, default=512, help="--speed: prompt length in tokens")
     e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="benchmarks that print figures: bench typing")
+    b.add_argument("which", choices=["typing"], help="typing: replay typing against the real server (stdio)")
+    b.add_argument("--source-dir", help="folder of .py files to type from (default: the Python standard library)")
+    b.add_argument("--files", type=int, default=3, help="stretches to type, one per file (default 3)")
+    b.add_argument("--lines", type=int, default=3, help="lines per stretch (default 3)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--cps", type=float, default=10.0, help="typing speed, characters per second (default 10)")
+    b.add_argument("--debounce-ms", type=float, default=100.0, help="client debounce, ms (default 100)")
+    b.add_argument("--model", help="artifact id or folder (default: the active artifact)")
+    b.add_argument("--no-reuse-off", action="store_true", help="skip the second run with KV-cache reuse off")
+    b.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -45,6 +45,7 @@ class PocketPilotServer(LanguageServer):
         self.last_latency_ms: float | None = None
         self.last_cache_hit: bool | None = None
         self.last_reused_tokens: int | None = None
+        self.last_typed_ahead: bool | None = None
         self._tickets = itertools.count(1)
         self.latest: dict[str, int] = {}  # document URI -> number of its newest completion request
         self._snippets: dict[str, tuple[tuple, int, list[str]]] = {}  # URI -> (open docs, line, snippets)
@@ -52,14 +53,16 @@ class PocketPilotServer(LanguageServer):
     def set_state(self, state: str, message: str | None = None) -> None:
         """Record the state and send a ``pocketpilot/status`` notification.
 
-        Params: ``{state, model, message, lastLatencyMs, cacheHit, reusedTokens}``: the latency
-        of the last completion (ms), whether it reused the document's KV cache or the previous
-        suggestion, and how many prompt tokens it reused (tokens); null before the first one.
+        Params: ``{state, model, message, lastLatencyMs, cacheHit, reusedTokens, typedAhead}``:
+        the latency of the last completion (ms), whether it reused the document's KV cache or
+        the previous suggestion, how many prompt tokens it reused (tokens), and whether it was
+        the rest of the previous suggestion; null before the first completion.
         """
         self.state = state
         self.protocol.notify(STATUS_NOTIFICATION, {
             "state": state, "model": self.model_name, "message": message, "lastLatencyMs": self.last_latency_ms,
-            "cacheHit": self.last_cache_hit, "reusedTokens": self.last_reused_tokens})
+            "cacheHit": self.last_cache_hit, "reusedTokens": self.last_reused_tokens,
+            "typedAhead": self.last_typed_ahead})
 
     async def begin_progress(self, title: str) -> str | None:
         """Start a ``$/progress`` report if the client supports it; returns its token or ``None``."""
@@ -185,6 +188,7 @@ class PocketPilotServer(LanguageServer):
         self.last_latency_ms = round(result.total_ms, 1)
         self.last_cache_hit = result.typed_ahead or result.reused_tokens > 0
         self.last_reused_tokens = result.reused_tokens
+        self.last_typed_ahead = result.typed_ahead
         self.set_state(self.state)
         if not result.text:
             return None

@@ -1,0 +1,237 @@
+"""Benchmark (not a test): replay typing against the real server over stdio.
+
+``pocketpilot bench typing`` picks a few stretches of real code (the Python standard library
+by default), opens each file in the server with the stretch removed (the code after it stays
+as the suffix) and types the stretch back, one character per keystroke. An editor's
+auto-indent is simulated: a newline brings the next line's indentation with it.
+
+Timing model (closed loop, so figures measure the server, not a queue): the typist types at
+``cps`` characters per second and the client debounces ``debounce_ms``; with the defaults
+(10 characters per second, 100 ms) every gap between keystrokes reaches the debounce, so a
+pause, and with it an inline-completion request, follows every keystroke. The next keystroke
+comes one typing interval after the request or when the answer arrives, whichever is later.
+
+Reported: request-to-response latency p50/p95 (ms); KV-cache hit rate (requests that reused
+cached keys/values or the previous suggestion) and mean prompt tokens reused; typed-ahead
+hits (answered from the previous suggestion without the model); and the acceptance proxy,
+the share of shown suggestions whose first line is a prefix of what the user typed next. It
+runs once with reuse on (the server defaults) and once with ``kvCacheMb: 0`` (reuse off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pocketpilot.errors import PocketPilotError
+from pocketpilot.evaluation.tasks import default_source_dir, source_files
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Lines of a file to type back.
+
+    Attributes:
+        path: the source file.
+        before: file text before the stretch (ends with a newline or is empty).
+        typed: the text to type (whole lines, newline-terminated).
+        after: file text after the stretch.
+    """
+
+    path: Path
+    before: str
+    typed: str
+    after: str
+
+
+def pick_stretches(root: Path | None = None, files: int = 3, lines: int = 3, seed: int = 0) -> list[Stretch]:
+    """Choose ``files`` stretches of ``lines`` consecutive code lines, deterministically for ``seed``.
+
+    A stretch starts after at least 20 lines of context, and each of its lines has code (no
+    blank or comment-only lines), at most 100 characters.
+
+    Raises:
+        PocketPilotError: the folder is missing or has no file with such a stretch.
+    """
+    root = Path(root) if root else default_source_dir()
+    if not root.is_dir():
+        raise PocketPilotError(f"source folder not found: {root}")
+    candidates = source_files(root)
+    rng = random.Random(seed)
+    rng.shuffle(candidates)
+    out: list[Stretch] = []
+    for path in candidates:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        all_lines = text.split("\n")
+        starts = [i for i in range(20, len(all_lines) - lines)
+                  if all(_is_code(ln) for ln in all_lines[i : i + lines])]
+        if not starts:
+            continue
+        i = rng.choice(starts)
+        out.append(Stretch(path, "".join(ln + "\n" for ln in all_lines[:i]),
+                           "".join(ln + "\n" for ln in all_lines[i : i + lines]),
+                           "\n".join(all_lines[i + lines :])))
+        if len(out) == files:
+            return out
+    if not out:
+        raise PocketPilotError(f"no file under {root} has {lines} consecutive code lines to type")
+    return out
+
+
+def _is_code(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith("#") and len(line) <= 100 and "\t" not in line
+
+
+def keystrokes(typed: str) -> list[str]:
+    """Split text into keystrokes: one character each, a newline together with the next line's indent."""
+    keys: list[str] = []
+    i = 0
+    while i < len(typed):
+        if typed[i] == "\n":
+            j = i + 1
+            while j < len(typed) and typed[j] == " ":
+                j += 1
+            keys.append(typed[i:j])
+            i = j
+        else:
+            keys.append(typed[i])
+            i += 1
+    return keys
+
+
+async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, debounce_ms: float = 100.0,
+                 python: str = sys.executable, progress: Callable[[str], None] | None = None) -> dict:
+    """Type every stretch into one server started with ``settings`` as initializationOptions.
+
+    Returns:
+        ``{"requests", "latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "cache_hit_rate",
+        "reused_tokens_mean", "typed_ahead_hits", "suggestions", "accepted", "acceptance",
+        "model"}`` (latencies in ms, rates 0..1, token counts in tokens).
+
+    Raises:
+        PocketPilotError: the server has no model to serve.
+    """
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    client = LanguageClient("pocketpilot-bench", "0")
+    statuses: list = []
+    ready = asyncio.Event()
+
+    @client.feature("pocketpilot/status")
+    def on_status(params):
+        statuses.append(params)
+        if params.state in ("ready", "no-model", "error"):
+            ready.set()
+
+    await client.start_io(python, "-m", "pocketpilot", "serve")
+    try:
+        caps = types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities()))
+        await client.initialize_async(types.InitializeParams(capabilities=caps, initialization_options=settings))
+        client.initialized(types.InitializedParams())
+        await asyncio.wait_for(ready.wait(), 900)
+        if statuses[-1].state != "ready":
+            raise PocketPilotError(f"the server has no model: {statuses[-1].message}")
+        model = statuses[-1].model
+        gap = 1.0 / cps
+        latencies: list[float] = []
+        hits = reused = ahead = shown = accepted = 0
+        for n, st in enumerate(stretches):
+            uri = st.path.resolve().as_uri() + f"#bench{n}"
+            version = 1
+            text = st.before + "\n" + st.after if st.after else st.before
+            client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+                uri=uri, language_id="python", version=version, text=text)))
+            done = ""
+            keys = keystrokes(st.typed)
+            for k, key in enumerate(keys):
+                done += key
+                version += 1
+                client.text_document_did_change(types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                    content_changes=[types.TextDocumentContentChangeWholeDocument(
+                        text=st.before + done + "\n" + st.after)]))
+                if done == st.typed:
+                    break  # the stretch is typed; nothing to suggest inside it any more
+                await asyncio.sleep(debounce_ms / 1000)
+                line_no = st.before.count("\n") + done.count("\n")
+                col = len(done.rsplit("\n", 1)[-1])
+                seen = len(statuses)
+                t0 = time.perf_counter()
+                result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri),
+                    position=types.Position(line=line_no, character=col),
+                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+                elapsed = time.perf_counter() - t0
+                latencies.append(elapsed * 1e3)
+                status = statuses[-1] if len(statuses) > seen else None
+                if status is not None:
+                    hits += bool(status.cacheHit)
+                    reused += status.reusedTokens or 0
+                    ahead += bool(getattr(status, "typedAhead", False))
+                items = result.items if hasattr(result, "items") else (result or [])
+                suggestion = items[0].insert_text if items else ""
+                if isinstance(suggestion, types.StringValue):
+                    suggestion = suggestion.value
+                first = suggestion.split("\n", 1)[0]
+                if first.strip():
+                    shown += 1
+                    rest_of_line = st.typed[len(done):].split("\n", 1)[0]
+                    accepted += rest_of_line.startswith(first)
+                await asyncio.sleep(max(0.0, gap - debounce_ms / 1000 - elapsed))
+            client.text_document_did_close(types.DidCloseTextDocumentParams(
+                text_document=types.TextDocumentIdentifier(uri=uri)))
+            if progress:
+                progress(f"{st.path.name}: {len(keys)} keystrokes typed")
+        await client.shutdown_async(None)
+        client.exit(None)
+    finally:
+        await client.stop()
+    n = len(latencies)
+    ordered = sorted(latencies)
+    return {
+        "model": model,
+        "requests": n,
+        "latency_ms_p50": round(statistics.median(ordered), 1) if n else None,
+        "latency_ms_p95": round(ordered[min(n - 1, round(0.95 * (n - 1)))], 1) if n else None,
+        "latency_ms_mean": round(statistics.fmean(ordered), 1) if n else None,
+        "cache_hit_rate": round(hits / n, 3) if n else None,
+        "reused_tokens_mean": round(reused / n, 1) if n else None,
+        "typed_ahead_hits": ahead,
+        "suggestions": shown,
+        "accepted": accepted,
+        "acceptance": round(accepted / shown, 3) if shown else None,
+    }
+
+
+def run_typing_bench(root: Path | None = None, files: int = 3, lines: int = 3, seed: int = 0, cps: float = 10.0,
+                     debounce_ms: float = 100.0, artifact: str | None = None, reuse_off: bool = True,
+                     progress: Callable[[str], None] | None = None) -> dict:
+    """Replay typing with reuse on and (``reuse_off``) off; see the module docstring.
+
+    Returns:
+        ``{"stretches": [{"path", "chars"}], "on": {...}, "off": {...} or None,
+        "p50_ratio_off_over_on": float or None}`` with the figures of :func:`replay`.
+    """
+    stretches = pick_stretches(root, files, lines, seed)
+    base = {"artifact": artifact} if artifact else {}
+    out: dict = {"stretches": [{"path": str(s.path), "chars": len(s.typed)} for s in stretches],
+                 "cps": cps, "debounce_ms": debounce_ms}
+    out["on"] = asyncio.run(replay(stretches, base, cps, debounce_ms, progress=progress))
+    out["off"] = asyncio.run(replay(stretches, {**base, "kvCacheMb": 0}, cps, debounce_ms, progress=progress)) \
+        if reuse_off else None
+    on, off = out["on"], out["off"]
+    out["p50_ratio_off_over_on"] = round(off["latency_ms_p50"] / on["latency_ms_p50"], 2) \
+        if off and on["latency_ms_p50"] else None
+    return out
