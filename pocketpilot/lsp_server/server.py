@@ -213,6 +213,8 @@ async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams)
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: PocketPilotServer, params: types.DidCloseTextDocumentParams) -> None:
     """Free the closed document's KV cache (on the inference thread, which owns the engine)."""
+    ls.latest.pop(params.text_document.uri, None)  # pre-empts a running completion for it
+    ls._snippets.pop(params.text_document.uri, None)
     if ls.engine is not None:
         ls.infer.submit(ls.engine.forget, params.text_document.uri)
 
