@@ -3,7 +3,7 @@
 // and Debian's chromium (headless). It opens a Python file, types, waits for the ghost text from
 // the real server (tiny model), accepts it with Tab and checks the saved buffer.
 //
-// Setup and run (see README.md here): `npm run setup && npm test`.
+// Setup and run (see ../README.md): `npm run setup && npm test`.
 // Environment: POCKETPILOT_PYTHON (an interpreter with pocketpilot; default python3),
 // CHROMIUM (default /usr/bin/chromium; the tests are skipped when it is missing),
 // UI_VERBOSE=1 (log the steps), UI_SCREENSHOT=path.png (screenshot on failure and at the end).
