@@ -157,7 +157,12 @@ describe("VS Code UI (code-server + chromium)", { skip: SKIP }, () => {
   after(async () => {
     if (process.env.UI_SCREENSHOT) await page?.screenshot({ path: process.env.UI_SCREENSHOT }).catch(() => {});
     await browser?.close();
-    server?.kill();
+    if (server && server.exitCode === null) {
+      // Wait for code-server to exit: it writes to its user-data-dir until then.
+      const exited = new Promise((r) => server.once("exit", r));
+      server.kill();
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+    }
     if (work && !process.env.UI_KEEP) rmSync(work, { recursive: true, force: true });
     else if (work) console.error(`ui-test: kept ${work}`);
   });
