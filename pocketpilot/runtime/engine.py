@@ -41,6 +41,8 @@ class Completion:
         cancelled: generation stopped because ``should_stop`` returned True.
         reused_tokens: prompt tokens whose keys/values came from the document's cached KV (tokens).
         typed_ahead: answered from the previous suggestion without running the model.
+        drafted: tokens proposed by prompt lookup and checked by the model (tokens).
+        accepted_drafts: drafted tokens the model agreed with, each a decode step saved (tokens).
         block: the cursor started a block body, so the completion may span several lines.
         context_tokens: prompt tokens taken by snippets from other documents (tokens).
     """
@@ -54,6 +56,8 @@ class Completion:
     cancelled: bool = False
     reused_tokens: int = 0
     typed_ahead: bool = False
+    drafted: int = 0
+    accepted_drafts: int = 0
     block: bool = False
     context_tokens: int = 0
 
@@ -221,33 +225,58 @@ class CompletionEngine:
                               decode_ms=0.0, cancelled=True, reused_tokens=reused, block=opener is not None,
                               context_tokens=len(context))
         next_id, heal_left = self._pick(logits, healed)
-        fed = list(ids)
+        fed = list(ids)  # tokens whose keys/values are in ``cache``
         generated: list[int] = []
         raw = ""
         cancelled = truncated = False
-        while True:
-            if next_id in self.stop_ids:
-                break
-            generated.append(next_id)
+        drafted = accepted_drafts = 0
+
+        def take(tok: int) -> bool:
+            """Append a chosen token; False when generation ends here."""
+            nonlocal raw, truncated, cancelled
+            if tok in self.stop_ids:
+                return False
+            generated.append(tok)
             raw = self.tokenizer.decode(generated, skip_special_tokens=True)
             if healed:
-                raw = raw[len(healed):] if raw.startswith(healed) else raw
+                raw = raw[len(healed):] if raw.startswith(healed) else ""
             if opener is None and "\n" in raw:
-                break
+                return False
             if opener is not None and block_end(raw, line_prefix, opener) is not None:
-                break
+                return False
             if len(generated) >= limit:
                 truncated = True
-                break
+                return False
             if should_stop is not None and should_stop():
                 cancelled = True
-                break
-            out = self.model(
-                input_ids=torch.tensor([[next_id]]), past_key_values=cache, use_cache=True, logits_to_keep=1
-            )
-            fed.append(next_id)
+                return False
+            return True
+
+        while take(next_id):
+            room = min(self.settings.draft_tokens, limit - len(generated))
+            drafts = [] if heal_left or room <= 0 else _lookup_draft(fed + [next_id], room)
+            out = self.model(input_ids=torch.tensor([[next_id, *drafts]]), past_key_values=cache, use_cache=True,
+                             logits_to_keep=len(drafts) + 1)
             cache = out.past_key_values
-            next_id, heal_left = self._pick(out.logits[0, -1], heal_left)
+            fed.append(next_id)
+            rows = out.logits[0]
+            next_id, heal_left = self._pick(rows[0], heal_left)
+            drafted += len(drafts)
+            ended = False
+            for i, draft in enumerate(drafts):  # greedy verification: keep drafts the model agrees with
+                if next_id != draft:
+                    break
+                if not take(draft):
+                    ended = True
+                    break
+                fed.append(draft)
+                accepted_drafts += 1
+                next_id, _ = self._pick(rows[i + 1], "")
+            extra = cache.get_seq_length() - len(fed)
+            if extra > 0:
+                cache.crop(-extra)  # drop the keys/values of rejected drafts
+            if ended:
+                break
         t2 = time.perf_counter()
         tail = prefix[-4000:]
         text = finalize(raw, line_prefix, suffix, still_open=open_brackets(tail, language), opener_indent=opener,
@@ -263,6 +292,8 @@ class CompletionEngine:
             decode_ms=(t2 - t1) * 1e3,
             cancelled=cancelled,
             reused_tokens=reused,
+            drafted=drafted,
+            accepted_drafts=accepted_drafts,
             block=opener is not None,
             context_tokens=len(context),
         )
@@ -432,6 +463,25 @@ class CompletionEngine:
     def forget(self, cache_key: str) -> None:
         """Drop what is kept for a document (e.g. when it is closed)."""
         self._docs.pop(cache_key, None)
+
+
+def _lookup_draft(seq: list[int], k: int, ngram: tuple[int, ...] = (3, 2)) -> list[int]:
+    """Prompt-lookup drafting: the ``k`` tokens that followed the latest earlier match of ``seq``'s tail.
+
+    Code repeats itself, so the tokens after an earlier occurrence of the last 3 (else 2)
+    tokens are a cheap guess of what comes next; the model verifies all of them in one forward
+    pass and greedy output is unchanged (Saxena, 2023, "Prompt Lookup Decoding"; verification
+    as in speculative decoding, Leviathan et al., ICML 2023). Returns ``[]`` without a match.
+    """
+    for n in ngram:
+        if len(seq) <= n:
+            continue
+        tail = seq[-n:]
+        first = tail[0]
+        for p in range(len(seq) - n - 1, max(-1, len(seq) - 2048), -1):
+            if seq[p] == first and seq[p : p + n] == tail:
+                return seq[p + n : p + n + k]
+    return []
 
 
 def _uses_tabs(text: str) -> bool:

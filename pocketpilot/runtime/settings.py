@@ -20,6 +20,8 @@ class EngineSettings:
             (tokens); 0 turns them off.
         kv_cache_mb: memory for the KV caches kept per document between requests (MB, 10^6 bytes);
             least recently used documents are dropped first; 0 turns KV-cache and typed-ahead reuse off.
+        draft_tokens: prompt-lookup draft tokens verified per decode step (tokens); 0 turns
+            speculative decoding off. Greedy output is the same either way.
     """
 
     max_new_tokens: int = 48
@@ -29,8 +31,11 @@ class EngineSettings:
     block_max_tokens: int = 96
     context_tokens: int = 256
     kv_cache_mb: int = 256
+    draft_tokens: int = 8
 
     def __post_init__(self) -> None:
+        if self.draft_tokens < 0 or self.draft_tokens > 15:
+            raise ValueError(f"draft_tokens must be in 0..15, got {self.draft_tokens}")
         if self.context_tokens < 0:
             raise ValueError(f"context_tokens must be >= 0, got {self.context_tokens}")
         for name in ("max_new_tokens", "prefix_tokens", "block_max_tokens"):

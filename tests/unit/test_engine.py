@@ -186,3 +186,22 @@ def test_random_typing_with_cancellations_matches_fresh_completions(tiny_teacher
         expected = fresh.complete(text[:cut], text[cut:]).text
         assert c.text == expected or (c.typed_ahead and expected.startswith(c.text[:1])), (text[:cut], c, expected)
     assert answered > 50
+
+
+def test_prompt_lookup_drafts_save_steps_without_changing_the_output(tiny_teacher):
+    from pocketpilot.runtime.engine import _lookup_draft
+
+    assert _lookup_draft([5, 6, 7, 8, 9, 5, 6, 7], 3) == [8, 9, 5]  # after the earlier 5 6 7
+    assert _lookup_draft([1, 2, 3, 4], 3) == []
+    assert _lookup_draft([1, 2, 9, 1, 2], 2) == [9, 1]  # falls back to a 2-gram
+    loaded = load_model_folder(tiny_teacher)
+    spec, plain = CompletionEngine(loaded), CompletionEngine(loaded, EngineSettings(draft_tokens=0))
+    text = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n" * 2
+    for cut in (len(text) - 30, len(text) - 12, len(text) - 4):
+        a, b = spec.complete(text[:cut], "\n"), plain.complete(text[:cut], "\n")
+        assert a.text == b.text and b.drafted == 0
+    again = text[: len(text) // 2] + "\nclass Point:\n    def __init__(self, x, y):\n"
+    block_a = spec.complete(again, "", language="python")
+    block_b = plain.complete(again, "", language="python")
+    assert block_a.text == block_b.text and block_a.text.count("\n") == 1 and block_a.accepted_drafts > 3
+    assert block_a.new_tokens == block_b.new_tokens
