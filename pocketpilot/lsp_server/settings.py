@@ -11,7 +11,10 @@ log = logging.getLogger(__name__)
 
 #: smallest accepted value of each integer setting
 MINIMUM = {"max_new_tokens": 1, "prefix_tokens": 1, "suffix_tokens": 0, "block_max_tokens": 1,
-           "context_tokens": 0, "kv_cache_mb": 0, "debounce_ms": 0}
+           "context_tokens": 0, "kv_cache_mb": 0, "debounce_ms": 0, "draft_tokens": 0}
+
+#: largest accepted value of the integer settings that have one
+MAXIMUM = {"draft_tokens": 15}
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class ServerSettings:
             (``contextTokens``).
         kv_cache_mb: memory for per-document KV caches, MB; 0 turns KV-cache and typed-ahead
             reuse off (``kvCacheMb``).
+        draft_tokens: prompt-lookup draft tokens checked per decode step (speculative decoding,
+            same output); 0 = off (``draftTokens``).
         debounce_ms: wait this long (ms) before starting a completion and drop it if a newer
             request for the document arrived meanwhile; 0 = no wait, clients debounce
             (``debounceMs``).
@@ -42,6 +47,7 @@ class ServerSettings:
     block_max_tokens: int = EngineSettings.block_max_tokens
     context_tokens: int = EngineSettings.context_tokens
     kv_cache_mb: int = EngineSettings.kv_cache_mb
+    draft_tokens: int = EngineSettings.draft_tokens
     debounce_ms: int = 0
 
     @staticmethod
@@ -76,10 +82,11 @@ class ServerSettings:
                     values[f.name] = value
                 else:
                     problems.append(f"setting {key!r} must be true or false, got {value!r}; using {f.default}")
-            elif isinstance(value, int) and not isinstance(value, bool) and value >= MINIMUM[f.name]:
+            elif isinstance(value, int) and not isinstance(value, bool) and MINIMUM[f.name] <= value <= MAXIMUM.get(f.name, value):
                 values[f.name] = value
             else:
-                problems.append(f"setting {key!r} must be an integer >= {MINIMUM[f.name]}, got {value!r}; "
+                bound = f" and <= {MAXIMUM[f.name]}" if f.name in MAXIMUM else ""
+                problems.append(f"setting {key!r} must be an integer >= {MINIMUM[f.name]}{bound}, got {value!r}; "
                                 f"using {f.default}")
         return cls(**values), problems
 
@@ -88,4 +95,4 @@ class ServerSettings:
         return EngineSettings(max_new_tokens=self.max_new_tokens, prefix_tokens=self.prefix_tokens,
                               suffix_tokens=self.suffix_tokens, multiline=self.multiline,
                               block_max_tokens=self.block_max_tokens, context_tokens=self.context_tokens,
-                              kv_cache_mb=self.kv_cache_mb)
+                              kv_cache_mb=self.kv_cache_mb, draft_tokens=self.draft_tokens)

@@ -20,6 +20,7 @@ export const SERVER_SETTING_DEFAULTS = {
   blockMaxTokens: 96,
   contextTokens: 256,
   kvCacheMb: 256,
+  draftTokens: 8,
   debounceMs: 0,
 };
 export type ServerSettingKey = keyof typeof SERVER_SETTING_DEFAULTS;
@@ -46,8 +47,11 @@ const MINIMUM = {
   blockMaxTokens: 1,
   contextTokens: 0,
   kvCacheMb: 0,
+  draftTokens: 0,
   debounceMs: 0,
 } as const;
+/** Largest accepted value of the integer settings that have one (mirrors the server). */
+const MAXIMUM: Partial<Record<keyof typeof MINIMUM, number>> = { draftTokens: 15 };
 type IntegerSettingKey = keyof typeof MINIMUM;
 
 /**
@@ -76,10 +80,12 @@ export function initializationOptions(get: (key: string) => unknown): {
   for (const key of Object.keys(MINIMUM) as IntegerSettingKey[]) {
     const value = get(key);
     if (value === undefined || value === null) continue;
-    if (typeof value === "number" && Number.isInteger(value) && value >= MINIMUM[key]) {
+    const max = MAXIMUM[key] ?? Number.MAX_SAFE_INTEGER;
+    if (typeof value === "number" && Number.isInteger(value) && value >= MINIMUM[key] && value <= max) {
       options[key] = value;
     } else {
-      problems.push(`pocketpilot.${key} must be an integer >= ${MINIMUM[key]}, got ${JSON.stringify(value)}; using ${SERVER_SETTING_DEFAULTS[key]}`);
+      const bound = MAXIMUM[key] === undefined ? "" : ` and <= ${MAXIMUM[key]}`;
+      problems.push(`pocketpilot.${key} must be an integer >= ${MINIMUM[key]}${bound}, got ${JSON.stringify(value)}; using ${SERVER_SETTING_DEFAULTS[key]}`);
     }
   }
   return { options, problems };

@@ -13,7 +13,7 @@ test("defaults: no settings gives the server defaults", () => {
   const { options, problems } = initializationOptions(() => undefined);
   assert.deepEqual(options, {
     artifact: null, maxNewTokens: 48, prefixTokens: 512, suffixTokens: 128, multiline: true, blockMaxTokens: 96,
-    contextTokens: 256, kvCacheMb: 256, debounceMs: 0,
+    contextTokens: 256, kvCacheMb: 256, draftTokens: 8, debounceMs: 0,
   });
   assert.deepEqual(problems, []);
 });
@@ -21,22 +21,23 @@ test("defaults: no settings gives the server defaults", () => {
 test("settings map to camelCase initializationOptions", () => {
   const values: Record<string, unknown> = {
     artifact: " tiny-int8 ", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, multiline: false, blockMaxTokens: 8,
-    contextTokens: 0, kvCacheMb: 0, debounceMs: 50, pythonPath: "/x",
+    contextTokens: 0, kvCacheMb: 0, draftTokens: 0, debounceMs: 50, pythonPath: "/x",
   };
   const { options, problems } = initializationOptions((k) => values[k]);
   assert.deepEqual(options, {
     artifact: "tiny-int8", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, multiline: false, blockMaxTokens: 8,
-    contextTokens: 0, kvCacheMb: 0, debounceMs: 50,
+    contextTokens: 0, kvCacheMb: 0, draftTokens: 0, debounceMs: 50,
   });
   assert.deepEqual(problems, []);
   assert.ok(!("pythonPath" in options), "client-only settings are not sent");
 });
 
 test("invalid values fall back to defaults with a problem each", () => {
-  const values: Record<string, unknown> = { artifact: 3, maxNewTokens: 0, prefixTokens: 1.5, suffixTokens: -1, multiline: "yes", kvCacheMb: -5 };
+  const values: Record<string, unknown> = { artifact: 3, maxNewTokens: 0, prefixTokens: 1.5, suffixTokens: -1, multiline: "yes", kvCacheMb: -5, draftTokens: 16 };
   const { options, problems } = initializationOptions((k) => values[k]);
   assert.deepEqual(options, SERVER_SETTING_DEFAULTS);
-  assert.equal(problems.length, 6);
+  assert.equal(problems.length, 7);
+  assert.ok(problems.some((p) => /draftTokens must be an integer >= 0 and <= 15, got 16; using 8/.test(p)), problems.join("\n"));
   assert.ok(problems.some((p) => /maxNewTokens must be an integer >= 1, got 0; using 48/.test(p)), problems.join("\n"));
   assert.ok(problems.some((p) => /multiline must be true or false, got "yes"; using true/.test(p)), problems.join("\n"));
 });
