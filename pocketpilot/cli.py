@@ -1,4 +1,4 @@
-"""Command line: ``pocketpilot compress | list | complete | serve | eval | bench``."""
+"""Command line: ``pocketpilot compress | distill | list | complete | serve | eval | bench``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,35 @@ def cmd_compress(args) -> int:
         t, a = m["teacher"], m["artifact"]
         print(f"  line completion ({m['tasks']}): ES {a['es']:.1f} vs teacher {t['es']:.1f}, "
               f"EM {a['em']:.1f}% vs {t['em']:.1f}%; p50 {a['latency_ms_p50']:.0f} ms vs {t['latency_ms_p50']:.0f} ms")
+    print("  active: yes (pocketpilot serve / complete use it)")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from pocketpilot.compression.distill import distill
+
+    budget = {"steps": args.steps} if args.steps is not None else {"minutes": args.minutes}
+    res = distill(args.teacher, args.layers, corpus=args.corpus, workspace=args.workspace, then=args.then,
+                  resume=args.resume, eval_tasks=args.eval_tasks, progress=_stderr_progress,
+                  temperature=args.temperature, alpha=args.alpha, block_tokens=args.block_tokens,
+                  batch_size=args.batch_size, lr=args.lr, top_k=args.top_k, **budget)
+    s, r = res.summary(), res.manifest["recipe"]
+    keys = ("n_layers", "teacher_layers", "layer_map", "steps", "tokens_seen", "train_minutes", "train_loss",
+            "val_before", "val_after", "teacher_val_ce", "resumed_from_step", "run_dir")
+    s["distill"] = {k: r[k] for k in keys}
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"artifact {s['artifact_id']} (new): {s['folder']}")
+    print(f"  {r['n_layers']} of {r['teacher_layers']} layers {r['layer_map']}; {r['steps']} steps, "
+          f"{r['tokens_seen']} tokens, {r['train_minutes']} min"
+          + (f" (resumed from step {r['resumed_from_step']})" if r["resumed_from_step"] else ""))
+    print(f"  validation loss {r['val_before']['loss']:.3f} -> {r['val_after']['loss']:.3f} "
+          f"(CE {r['val_after']['ce']:.3f} nats/token; teacher {r['teacher_val_ce']:.3f})")
+    print(f"  size {_human(s['artifact_bytes'])} vs teacher {_human(s['teacher_fp32_bytes'])} in fp32")
+    m = s["metrics"]
+    if m:
+        print(f"  line completion ({m['tasks']}): ES {m['artifact']['es']:.1f} vs teacher {m['teacher']['es']:.1f}")
     print("  active: yes (pocketpilot serve / complete use it)")
     return 0
 
@@ -211,6 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score artifact and teacher on N stdlib line-completion tasks (0 skips; default 20)")
     c.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes)")
     c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("distill", help="distil a teacher into a shallower student (knowledge distillation) and cache it")
+    d.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER})")
+    d.add_argument("--layers", type=int, required=True, metavar="N", help="student layers (2 .. the teacher's)")
+    budget = d.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="training steps in total (a resumed run counts earlier steps)")
+    budget.add_argument("--minutes", type=float, help="training minutes in total (resumes included)")
+    d.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of the soft loss (default 2)")
+    d.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss vs next-token CE (default 0.5)")
+    d.add_argument("--block-tokens", type=int, default=256, help="tokens per training block (default 256)")
+    d.add_argument("--batch-size", type=int, default=4, help="blocks per step, per process (default 4)")
+    d.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    d.add_argument("--corpus", help="folder of source files to train on (default: the Python standard library)")
+    d.add_argument("--workspace", help="an extra folder of source files added to the corpus")
+    d.add_argument("--top-k", type=int, metavar="K", help="soft loss on the teacher's top-K logits, cached per block")
+    d.add_argument("--then", metavar="METHOD", help="quantize the student afterwards (e.g. int8)")
+    d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the run's checkpoint if any (default); --no-resume starts over")
+    d.add_argument("--eval-tasks", type=int, default=20, metavar="N",
+                   help="score student and teacher on N stdlib line-completion tasks (0 skips; default 20)")
+    d.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes, losses in nats/token)")
+    d.set_defaults(func=cmd_distill)
 
     ls = sub.add_parser("list", help="list cached artifacts (* = active)")
     ls.add_argument("--json", action="store_true", help="print JSON (sizes in bytes)")

@@ -18,8 +18,8 @@ CORPUS = [
 FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 
 
-def make_tiny_teacher(out: Path, fim: bool = False, steps: int = 300, seed: int = 0) -> Path:
-    """Write a tiny trained Llama model + tokenizer to ``out`` (a Hugging Face folder)."""
+def make_tiny_teacher(out: Path, fim: bool = False, steps: int = 300, seed: int = 0, layers: int = 2) -> Path:
+    """Write a tiny trained Llama model (``layers`` decoder layers) + tokenizer to ``out`` (a Hugging Face folder)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -35,7 +35,7 @@ def make_tiny_teacher(out: Path, fim: bool = False, steps: int = 300, seed: int 
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
     if fim:
         tok.add_special_tokens({"additional_special_tokens": FIM_TOKENS})
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.eos_token_id)

@@ -135,43 +135,85 @@ def compress(
         calibration = calibration_batches(AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True))
         details = qmethod.apply(model, tmp, calibration or None)
         del model
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja"):
-            if (teacher_obj.folder / name).is_file():
-                shutil.copyfile(teacher_obj.folder / name, tmp / name)
-        files = file_records(tmp)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "artifact_id": artifact_id,
-            "teacher": {
-                "spec": spec.spec,
-                "kind": spec.kind,
-                "source": teacher_obj.source,
-                "sha256": teacher_obj.source_sha256,
-                "folder": str(teacher_obj.folder),
-                "bytes": teacher_obj.bytes,
-                "fp32_bytes": n_params * 4,
-                "params": n_params,
-            },
-            "recipe": {"method": qmethod.name, "description": qmethod.description, **details},
-            "versions": _versions(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "hardware": {"machine": platform.machine(), "processor": platform.processor(),
-                         "cpu_count": os.cpu_count()},
-            "files": files,
-            "artifact_bytes": sum(f["bytes"] for f in files.values()),
-            "metrics": {},
-        }
-        manifest["size_ratio_vs_fp32_teacher"] = round(manifest["artifact_bytes"] / manifest["teacher"]["fp32_bytes"], 4)
-        if eval_tasks > 0:
-            progress(f"measuring teacher and artifact on {eval_tasks} line-completion tasks", 0.5)
-            manifest["metrics"] = measure(teacher_obj, tmp, eval_tasks, progress)
-        manifest["folder_bytes"] = folder_bytes(tmp)
-        write_json(tmp / MANIFEST, manifest)
+        copy_tokenizer_files(teacher_obj.folder, tmp)
+        recipe = {"method": qmethod.name, "description": qmethod.description, **details}
+        manifest = finish_artifact(tmp, artifact_id, teacher_obj, n_params, recipe, eval_tasks, progress)
     if activate:
         set_active(artifact_id)
     progress(f"artifact {artifact_id} ready", 1.0)
     return CompressResult(artifact_id, final, False, manifest)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files of a Hugging Face folder ``src`` (those present) into ``dst``."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def finish_artifact(
+    tmp: Path,
+    artifact_id: str,
+    teacher_obj: Teacher,
+    n_params: int,
+    recipe: dict,
+    eval_tasks: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Write ``manifest.json`` into an artifact folder being built (weights + tokenizer already in ``tmp``).
+
+    Shared by :func:`compress` and :func:`pocketpilot.compression.distill.distill`, so every
+    artifact has the same manifest: teacher (spec, source, sha256, bytes, fp32 bytes, params),
+    ``recipe``, library versions, creation time, hardware, the sha256 of every weight file,
+    sizes in bytes and, when ``eval_tasks > 0``, the metrics of :func:`measure`.
+
+    Args:
+        tmp: the folder being built (inside :func:`atomic_dir`).
+        n_params: parameter count of the teacher (its fp32 size is ``4 * n_params`` bytes).
+        recipe: JSON-able; must hold ``method`` and ``description``.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        PocketPilotError: out of disk space.
+    """
+    progress = progress or (lambda msg, frac: None)
+    spec = teacher_obj.spec
+    files = file_records(tmp)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "artifact_id": artifact_id,
+        "teacher": {
+            "spec": spec.spec,
+            "kind": spec.kind,
+            "source": teacher_obj.source,
+            "sha256": teacher_obj.source_sha256,
+            "folder": str(teacher_obj.folder),
+            "bytes": teacher_obj.bytes,
+            "fp32_bytes": n_params * 4,
+            "params": n_params,
+        },
+        "recipe": recipe,
+        "versions": _versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hardware": {"machine": platform.machine(), "processor": platform.processor(),
+                     "cpu_count": os.cpu_count()},
+        "files": files,
+        "artifact_bytes": sum(f["bytes"] for f in files.values()),
+        "metrics": {},
+    }
+    manifest["size_ratio_vs_fp32_teacher"] = round(manifest["artifact_bytes"] / manifest["teacher"]["fp32_bytes"], 4)
+    if eval_tasks > 0:
+        progress(f"measuring teacher and artifact on {eval_tasks} line-completion tasks", 0.5)
+        manifest["metrics"] = measure(teacher_obj, tmp, eval_tasks, progress)
+    manifest["folder_bytes"] = folder_bytes(tmp)
+    write_json(tmp / MANIFEST, manifest)
+    return manifest
 
 
 def measure(teacher: Teacher, artifact_folder: Path, n_tasks: int, progress: Progress, seed: int = 0) -> dict:

@@ -118,7 +118,13 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def rebuild_command(manifest: dict | None, artifact_id: str) -> str:
-    """The command that rebuilds an artifact, from its manifest when readable."""
+    """The command that rebuilds an artifact, from its manifest when readable.
+
+    A recipe may carry its own ``command`` (distilled artifacts do); else it is
+    ``pocketpilot compress --teacher SPEC --method NAME --force``.
+    """
+    if manifest and isinstance(manifest.get("recipe"), dict) and manifest["recipe"].get("command"):
+        return manifest["recipe"]["command"]
     if manifest and "teacher" in manifest and "recipe" in manifest:
         return (
             f"pocketpilot compress --teacher {manifest['teacher']['spec']} "
