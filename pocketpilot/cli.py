@@ -201,12 +201,27 @@ METHOD_HELP = ("int8 (default): weight-only per-channel int8, activation-aware s
                "bf16: bfloat16 weights; none: float32 copy of the teacher")
 
 
+def _server_settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (VALUE as JSON, else a string) as server settings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PocketPilotError(f"--setting wants KEY=VALUE (e.g. draftTokens=0), got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def cmd_bench(args) -> int:
     from pocketpilot.evaluation.typing_replay import run_typing_bench
 
     res = run_typing_bench(Path(args.source_dir) if args.source_dir else None, files=args.files, lines=args.lines,
                            seed=args.seed, cps=args.cps, debounce_ms=args.debounce_ms, artifact=args.model,
-                           reuse_off=not args.no_reuse_off, progress=lambda m: print(m, file=sys.stderr))
+                           reuse_off=not args.no_reuse_off, settings=_server_settings(args.setting),
+                           progress=lambda m: print(m, file=sys.stderr))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     chars = sum(s["chars"] for s in res["stretches"])
@@ -309,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--debounce-ms", type=float, default=100.0, help="client debounce, ms (default 100)")
     b.add_argument("--model", help="artifact id or folder (default: the active artifact)")
     b.add_argument("--no-reuse-off", action="store_true", help="skip the second run with KV-cache reuse off")
+    b.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="server setting for both runs, camelCase as in initializationOptions (repeatable)")
     b.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     b.set_defaults(func=cmd_bench)
     return p

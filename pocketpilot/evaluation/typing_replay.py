@@ -116,7 +116,8 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
     Returns:
         ``{"requests", "latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "cache_hit_rate",
         "reused_tokens_mean", "typed_ahead_hits", "suggestions", "accepted", "acceptance",
-        "model"}`` (latencies in ms, rates 0..1, token counts in tokens).
+        "model", "log"}`` (latencies in ms, rates 0..1, token counts in tokens); ``log`` has one
+        ``{"ms", "typed_ahead", "reused", "line", "suggestion", "next"}`` per request.
 
     Raises:
         PocketPilotError: the server has no model to serve.
@@ -146,6 +147,7 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
         model = statuses[-1].model
         gap = 1.0 / cps
         latencies: list[float] = []
+        log: list[dict] = []
         hits = reused = ahead = shown = accepted = 0
         for n, st in enumerate(stretches):
             uri = st.path.resolve().as_uri() + f"#bench{n}"
@@ -185,10 +187,13 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
                 if isinstance(suggestion, types.StringValue):
                     suggestion = suggestion.value
                 first = suggestion.split("\n", 1)[0]
+                rest_of_line = st.typed[len(done):].split("\n", 1)[0]
                 if first.strip():
                     shown += 1
-                    rest_of_line = st.typed[len(done):].split("\n", 1)[0]
                     accepted += rest_of_line.startswith(first)
+                log.append({"ms": round(elapsed * 1e3, 1), "typed_ahead": bool(status and status.typedAhead),
+                            "reused": status.reusedTokens if status else None, "line": done.rsplit("\n", 1)[-1],
+                            "suggestion": suggestion, "next": rest_of_line})
                 await asyncio.sleep(max(0.0, gap - debounce_ms / 1000 - elapsed))
             client.text_document_did_close(types.DidCloseTextDocumentParams(
                 text_document=types.TextDocumentIdentifier(uri=uri)))
@@ -212,22 +217,25 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
         "suggestions": shown,
         "accepted": accepted,
         "acceptance": round(accepted / shown, 3) if shown else None,
+        "log": log,
     }
 
 
 def run_typing_bench(root: Path | None = None, files: int = 3, lines: int = 3, seed: int = 0, cps: float = 10.0,
                      debounce_ms: float = 100.0, artifact: str | None = None, reuse_off: bool = True,
-                     progress: Callable[[str], None] | None = None) -> dict:
+                     settings: dict | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Replay typing with reuse on and (``reuse_off``) off; see the module docstring.
+
+    ``settings`` are extra server settings (``initializationOptions``, camelCase) for both runs.
 
     Returns:
         ``{"stretches": [{"path", "chars"}], "on": {...}, "off": {...} or None,
         "p50_ratio_off_over_on": float or None}`` with the figures of :func:`replay`.
     """
     stretches = pick_stretches(root, files, lines, seed)
-    base = {"artifact": artifact} if artifact else {}
+    base = {**(settings or {}), **({"artifact": artifact} if artifact else {})}
     out: dict = {"stretches": [{"path": str(s.path), "chars": len(s.typed)} for s in stretches],
-                 "cps": cps, "debounce_ms": debounce_ms}
+                 "cps": cps, "debounce_ms": debounce_ms, "settings": base}
     out["on"] = asyncio.run(replay(stretches, base, cps, debounce_ms, progress=progress))
     out["off"] = asyncio.run(replay(stretches, {**base, "kvCacheMb": 0}, cps, debounce_ms, progress=progress)) \
         if reuse_off else None
