@@ -19,6 +19,7 @@ from pocketpilot.compression.artifacts import (
     atomic_dir,
     file_records,
     folder_bytes,
+    read_json_or_none,
     rebuild_command,
     resolve_artifact,
     set_active,
@@ -137,6 +138,11 @@ def compress(
         del model
         copy_tokenizer_files(teacher_obj.folder, tmp)
         recipe = {"method": qmethod.name, "description": qmethod.description, **details}
+        source = read_json_or_none(teacher_obj.folder / MANIFEST) if spec.kind == "folder" else None
+        if source:  # an artifact compressed further, e.g. a distilled student quantized afterwards
+            recipe["source_artifact"] = {"artifact_id": source.get("artifact_id"),
+                                         "method": (source.get("recipe") or {}).get("method"),
+                                         "teacher": (source.get("teacher") or {}).get("spec")}
         manifest = finish_artifact(tmp, artifact_id, teacher_obj, n_params, recipe, eval_tasks, progress)
     if activate:
         set_active(artifact_id)

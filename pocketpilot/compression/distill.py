@@ -52,13 +52,14 @@ from pocketpilot.compression.artifacts import (
 from pocketpilot.errors import PocketPilotError
 
 if TYPE_CHECKING:
-    import torch
-
     from pocketpilot.compression.api import CompressResult
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float | None], None]
+
+#: Layout of run folders and checkpoints; part of the run key, so a new layout starts a new run.
+RUN_FORMAT = 1
 
 #: Cache dtype of top-k teacher logits (stored minus their row maximum, so values are <= 0).
 TOPK_CACHE_DTYPE = "float16"
@@ -549,7 +550,7 @@ def _epoch_sampler(n: int, seed: int):
 
 def _run_key(teacher_sha: dict, cfg: DistillConfig, roots: list[str], processes: int) -> str:
     blob = json.dumps({"teacher": teacher_sha, "settings": cfg.run_settings(), "roots": roots,
-                       "processes": processes}, sort_keys=True)
+                       "processes": processes, "format": RUN_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -671,8 +672,8 @@ def _command(spec: str, cfg: DistillConfig, corpus: Path | None, workspace: Path
 
 
 def distill(
-    teacher: str | None = None,
-    n_layers: int = 6,
+    teacher: str | None,
+    n_layers: int,
     *,
     corpus: str | Path | None = None,
     workspace: str | Path | None = None,
@@ -691,9 +692,10 @@ def distill(
         n_layers: student depth (2 .. teacher depth).
         corpus: folder of source files to train on (default: the Python standard library).
         workspace: an extra folder of source files (added to the corpus).
-        then: quantize the student afterwards with this method (e.g. ``"int8"``); the artifact
+        then: quantize the student afterwards with this method (e.g. ``"int8"``; ``"none"``: none); the artifact
             id ends in ``-distill<N>-<method>`` and its recipe method is ``"distill+<method>"``.
-        resume: continue from the run's checkpoint if there is one; ``False`` deletes it first.
+        resume: continue from the run's checkpoint if there is one; ``False`` deletes it first
+            (the tokenized corpus cached in the run folder is kept).
         eval_tasks: score teacher and student on this many stdlib line-completion tasks (0 skips).
         activate: make the artifact the default for ``serve`` / ``complete``.
         progress: callback for progress messages; show_progress: tqdm bar on stderr (loss,
@@ -728,7 +730,7 @@ def distill(
     from pocketpilot.compression.teachers import fetch_teacher, parse_spec
     from pocketpilot.evaluation.tasks import default_source_dir
 
-    qmethod = get_method(then) if then else None
+    qmethod = get_method(then) if then and then != "none" else None
     spec = parse_spec(teacher)
     corpus_root = Path(corpus).expanduser().resolve() if corpus is not None else None
     workspace_root = Path(workspace).expanduser().resolve() if workspace is not None else None
@@ -754,8 +756,9 @@ def distill(
 
     key = _run_key(teacher_obj.source_sha256, cfg, [str(r) for r in roots], accelerator.num_processes)
     run_dir = home() / "runs" / f"{teacher_obj.slug}-distill{cfg.n_layers}-{key}"
-    if not resume and main:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not resume and main:  # start over; the tokenized corpus is kept
+        for name in ("checkpoint", "checkpoint.old", "checkpoint.partial"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
     accelerator.wait_for_everyone()
 
     data_file = run_dir / "data.pt"
@@ -795,7 +798,9 @@ def distill(
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    # not prepared (accelerate would step it once per process): one scheduler step per optimizer step
+    accelerator.register_for_checkpointing(scheduler)
     teacher_model.to(device)
     n_batches = len(loader)
     if n_batches == 0:
@@ -809,8 +814,12 @@ def distill(
              "resumed_from_step": None}
     ckpt = _find_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = json.loads((ckpt / "progress.json").read_text())
-        accelerator.load_state(str(ckpt))
+        try:
+            state = json.loads((ckpt / "progress.json").read_text())
+            accelerator.load_state(str(ckpt))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise PocketPilotError(f"cannot resume from {ckpt} ({str(exc).splitlines()[0][:160]}); "
+                                   "start over with --no-resume") from None
         state["resumed_from_step"] = state["step"]
         progress(f"resuming {run_dir.name} from step {state['step']}", 0.15)
     if state["teacher_val_ce"] is None:
@@ -819,6 +828,12 @@ def distill(
         first = _validate(accelerator.unwrap_model(student), teacher_model, val, cfg.batch_size, cfg.temperature,
                           cfg.alpha, device)
         state["val"].append({"step": 0, **first})
+
+    user_progress = progress
+
+    def progress(message: str, fraction: float | None) -> None:  # noqa: F811 - keeps the tqdm bar intact
+        with tqdm.external_write_mode(file=sys.stderr):
+            user_progress(message, fraction)
 
     cache = TeacherTopKCache(cfg.top_k) if cfg.top_k else None
     tokens_per_step = cfg.batch_size * cfg.block_tokens * accelerator.num_processes

@@ -21,7 +21,16 @@ from pocketpilot.errors import PocketPilotError
 FAST = dict(block_tokens=32, batch_size=4, lr=3e-3, warmup_steps=0, eval_every=4, checkpoint_every=2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and several times faster when another process shares the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def deep_teacher(tmp_path_factory):
     """The tiny trained teacher with 4 decoder layers (the default tiny teacher has 2)."""
     from tiny import make_tiny_teacher
@@ -29,7 +38,7 @@ def deep_teacher(tmp_path_factory):
     return make_tiny_teacher(tmp_path_factory.mktemp("tiny-deep-teacher"), layers=4)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """8 .py files, each the tiny corpus snippets (which the teacher knows) in a shuffled order."""
     from tiny import CORPUS
@@ -163,6 +172,11 @@ def test_a_few_steps_lower_the_kd_loss(deep_teacher, corpus, pp_home):
     assert r["val_after"]["loss"] < r["val_before"]["loss"]
     assert r["command"].startswith(f"pocketpilot distill --teacher {deep_teacher} --layers 2 --steps 12")
     assert res.manifest["artifact_bytes"] < res.manifest["teacher"]["fp32_bytes"]
+    from pocketpilot.compression import compress  # the student is an ordinary artifact: it can be quantized later
+
+    q = compress(str(res.folder), "int8", eval_tasks=0)
+    assert q.manifest["recipe"]["source_artifact"] == {"artifact_id": res.artifact_id, "method": "distill",
+                                                       "teacher": str(deep_teacher)}
 
 
 def test_resume_continues_where_it_stopped(deep_teacher, corpus, tmp_path, monkeypatch):
@@ -289,3 +303,22 @@ def test_cli_distill_json_and_one_line_errors(deep_teacher, corpus, pp_home, cap
     assert main(args[:-1] + ["--top-k", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pocketpilot: error: --top-k must be at least 1; got 0"]
+
+
+def test_topk_cached_run_reuses_teacher_logits_across_epochs(deep_teacher, corpus, pp_home):
+    _, tok = _load(deep_teacher)
+    per_epoch = len(code_blocks(tok, [corpus], block_tokens=32).train) // 4
+    res = distill(str(deep_teacher), 2, corpus=corpus, steps=per_epoch + 3, top_k=16, show_progress=False, **FAST)
+    r = res.manifest["recipe"]
+    assert r["top_k"] == 16 and r["topk_cache"] == {"blocks": per_epoch * 4, "hits": 12, "misses": per_epoch * 4}
+    assert r["val_after"]["kd"] < r["val_before"]["kd"]
+
+
+def test_a_broken_checkpoint_says_to_start_over(deep_teacher, corpus, pp_home):
+    run = dict(corpus=corpus, show_progress=False, **FAST)
+    distill(str(deep_teacher), 2, steps=2, **run)
+    (ckpt,) = (pp_home / "runs").glob("*/checkpoint")
+    (ckpt / "optimizer.bin").unlink()
+    with pytest.raises(PocketPilotError, match="cannot resume from .*; start over with --no-resume"):
+        distill(str(deep_teacher), 2, steps=4, **run)
+    assert distill(str(deep_teacher), 2, steps=4, resume=False, **run).manifest["recipe"]["steps"] == 4
