@@ -55,6 +55,8 @@ def cmd_distill(args) -> int:
                   resume=args.resume, eval_tasks=args.eval_tasks, progress=_stderr_progress,
                   temperature=args.temperature, alpha=args.alpha, block_tokens=args.block_tokens,
                   batch_size=args.batch_size, lr=args.lr, top_k=args.top_k, **budget)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun: the main process reports
+        return 0
     s, r = res.summary(), res.manifest["recipe"]
     keys = ("n_layers", "teacher_layers", "layer_map", "steps", "tokens_seen", "train_minutes", "train_loss",
             "val_before", "val_after", "teacher_val_ce", "resumed_from_step", "run_dir")

@@ -17,7 +17,7 @@ hashes below ``val_fraction`` are held out for validation.
 
 Training goes through ``accelerate`` (``Accelerator.prepare``, ``backward``,
 ``save_state``/``load_state``), so the same code runs on CPU, one GPU, or several with
-``accelerate launch -m pocketpilot.cli distill ...``. The run folder
+``accelerate launch -m pocketpilot distill ...``. The run folder
 (``<home>/runs/<teacher>-distill<N>-<key>/``, the key hashes every setting that changes the
 result) holds the tokenized data and the last checkpoint, so running the same command again
 resumes where it stopped; the budget (``steps`` / ``minutes``) counts the whole run,
@@ -743,6 +743,8 @@ def distill(
     accelerator = Accelerator()
     main = accelerator.is_main_process
     device = accelerator.device
+    if not main:  # one voice per run
+        progress = lambda msg, frac: None  # noqa: E731
     progress(f"loading teacher {spec.spec} on {device} ({accelerator.num_processes} process(es))", 0.05)
     teacher_model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True)
     teacher_model.eval().requires_grad_(False)
