@@ -155,6 +155,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _held_out(root: Path) -> list[Path]:
+    """Files under ``root`` that distillation holds out for validation."""
+    from pocketpilot.compression.distill import held_out_files
+
+    return held_out_files([root])
+
+
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
@@ -166,7 +173,8 @@ def cmd_eval(args) -> int:
     if args.models and args.models[0] == "make-tasks":
         if len(args.models) != 2:
             raise PocketPilotError("usage: pocketpilot eval make-tasks DIR --n N --seed S --out FILE")
-        tasks = make_tasks(Path(args.models[1]), n=args.n, seed=args.seed)
+        root = Path(args.models[1])
+        tasks = make_tasks(root, n=args.n, seed=args.seed, files=_held_out(root) if args.held_out else None)
         out = Path(args.out or "tasks.jsonl")
         write_tasks(tasks, out)
         print(f"wrote {len(tasks)} tasks to {out}", file=sys.stderr)
@@ -181,10 +189,17 @@ def cmd_eval(args) -> int:
             print(f"{name or 'active'}: prefill {res['prompt_tokens']} tokens {res['prefill_ms']} ms, "
                   f"decode {res['decode_ms_per_token']} ms/token")
         return 0
-    tasks = read_tasks(Path(args.tasks)) if args.tasks else make_tasks(n=args.n, seed=args.seed)
+    if args.tasks:
+        tasks = read_tasks(Path(args.tasks))
+    else:
+        from pocketpilot.evaluation.tasks import default_source_dir
+
+        root = default_source_dir()
+        tasks = make_tasks(root, n=args.n, seed=args.seed, files=_held_out(root) if args.held_out else None)
     if args.limit:
         tasks = tasks[: args.limit]
-    report = {"tasks": args.tasks or f"stdlib n={args.n} seed={args.seed}", "models": {}}
+    held = " held-out" if args.held_out and not args.tasks else ""
+    report = {"tasks": args.tasks or f"stdlib{held} n={args.n} seed={args.seed}", "models": {}}
     for name in args.models or [None]:
         label = name or "active"
         res = evaluate_lines(CompletionEngine(load_any(name)), tasks,
@@ -234,9 +249,11 @@ def cmd_bench(args) -> int:
         if r is None:
             continue
         acc = "n/a" if r["acceptance"] is None else f"{100 * r['acceptance']:.0f}%"
-        print(f"  reuse {name:3}: {r['requests']} requests, p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms; "
-              f"cache hits {100 * r['cache_hit_rate']:.0f}%, {r['reused_tokens_mean']} tokens reused on average, "
-              f"{r['typed_ahead_hits']} typed-ahead; suggestions typed {r['accepted']}/{r['suggestions']} ({acc})")
+        print(f"  reuse {name:3}: {r['requests']} requests, p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms "
+              f"(warm: p50 {r['warm_latency_ms_p50']} ms, p95 {r['warm_latency_ms_p95']} ms; model runs: "
+              f"{r['model_runs']}, p50 {r['model_run_latency_ms_p50']} ms); cache hits {100 * r['cache_hit_rate']:.0f}%, "
+              f"{r['reused_tokens_mean']} tokens reused on average, {r['typed_ahead_hits']} typed-ahead; "
+              f"suggestions typed {r['accepted']}/{r['suggestions']} ({acc})")
     if res["p50_ratio_off_over_on"] is not None:
         print(f"  p50 reuse off / on: {res['p50_ratio_off_over_on']}x")
     return 0
@@ -309,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--limit", type=int)
+    e.add_argument("--held-out", action="store_true",
+                   help="cut tasks only from the files `pocketpilot distill` holds out for validation")
     e.add_argument("--out", help="make-tasks: output JSONL")
     e.add_argument("--json", metavar="OUT", help="write results as JSON")
     e.add_argument("--speed", action="store_true",

@@ -192,6 +192,41 @@ def _path_hash(rel: str) -> float:
     return int(hashlib.sha256(rel.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
+def _corpus_entries(roots: list[Path], exts: tuple[str, ...]) -> list[tuple[float, str, Path]]:
+    """``(hash, relative path, path)`` of every source file under ``roots``.
+
+    Raises:
+        PocketPilotError: a root is missing.
+    """
+    from pocketpilot.evaluation.tasks import source_files
+
+    entries: list[tuple[float, str, Path]] = []
+    for root in roots:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise PocketPilotError(f"corpus folder not found: {root}")
+        for path in source_files(root, exts):
+            rel = path.relative_to(root).as_posix()
+            entries.append((_path_hash(rel), rel, path))
+    return entries
+
+
+def held_out_files(roots: list[Path], val_fraction: float = 0.02, exts: tuple[str, ...] = (".py",)) -> list[Path]:
+    """The files :func:`code_blocks` holds out for validation (never trained on), sorted.
+
+    Evaluate a distilled student on tasks cut from these files
+    (``pocketpilot eval --held-out``) so that it is never scored on code it was trained on.
+
+    Raises:
+        PocketPilotError: a root is missing or holds no source file.
+    """
+    entries = sorted(_corpus_entries(roots, exts))
+    if not entries:
+        raise PocketPilotError(f"no {'/'.join(exts)} files under {', '.join(str(r) for r in roots)}")
+    held = [p for h, _, p in entries if h < val_fraction] or [entries[0][2]]
+    return sorted(held)
+
+
 def code_blocks(
     tokenizer,
     roots: list[Path],
@@ -225,16 +260,7 @@ def code_blocks(
     """
     import torch
 
-    from pocketpilot.evaluation.tasks import source_files
-
-    entries: list[tuple[float, str, Path]] = []
-    for root in roots:
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            raise PocketPilotError(f"corpus folder not found: {root}")
-        for path in source_files(root, exts):
-            rel = path.relative_to(root).as_posix()
-            entries.append((_path_hash(rel), rel, path))
+    entries = _corpus_entries(roots, exts)
     where = ", ".join(str(r) for r in roots)
     if not entries:
         raise PocketPilotError(f"the corpus is empty: no {'/'.join(exts)} files under {where} "

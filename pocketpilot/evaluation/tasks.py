@@ -32,7 +32,7 @@ def source_files(root: Path, exts: tuple[str, ...] = (".py",)) -> list[Path]:
 
 
 def make_tasks(root: Path | None = None, n: int = 100, seed: int = 0, min_prefix_chars: int = 200,
-               exts: tuple[str, ...] = (".py",)) -> list[dict]:
+               exts: tuple[str, ...] = (".py",), files: list[Path] | None = None) -> list[dict]:
     """Cut ``n`` line-completion tasks from source files under ``root``, deterministically.
 
     Each task picks a file and a line at random (lines with at least 8 non-blank characters,
@@ -45,7 +45,7 @@ def make_tasks(root: Path | None = None, n: int = 100, seed: int = 0, min_prefix
     root = Path(root) if root else default_source_dir()
     if not root.is_dir():
         raise PocketPilotError(f"source folder not found: {root}")
-    files = source_files(root, exts)
+    files = sorted(files) if files is not None else source_files(root, exts)
     if not files:
         raise PocketPilotError(f"no {'/'.join(exts)} files under {root}")
     rng = random.Random(seed)

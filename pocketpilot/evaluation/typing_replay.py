@@ -114,10 +114,12 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
     """Type every stretch into one server started with ``settings`` as initializationOptions.
 
     Returns:
-        ``{"requests", "latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "cache_hit_rate",
+        ``{"requests", "latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "warm_latency_ms_p50",
+        "warm_latency_ms_p95" (without each document's first request), "model_runs" (requests not
+        answered typed-ahead), "model_run_latency_ms_p50", "cache_hit_rate",
         "reused_tokens_mean", "typed_ahead_hits", "suggestions", "accepted", "acceptance",
         "model", "log"}`` (latencies in ms, rates 0..1, token counts in tokens); ``log`` has one
-        ``{"ms", "typed_ahead", "reused", "line", "suggestion", "next"}`` per request.
+        ``{"ms", "first_in_document", "typed_ahead", "reused", "line", "suggestion", "next"}`` per request.
 
     Raises:
         PocketPilotError: the server has no model to serve.
@@ -191,7 +193,8 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
                 if first.strip():
                     shown += 1
                     accepted += rest_of_line.startswith(first)
-                log.append({"ms": round(elapsed * 1e3, 1), "typed_ahead": bool(status and status.typedAhead),
+                log.append({"ms": round(elapsed * 1e3, 1), "first_in_document": k == 0,
+                            "typed_ahead": bool(status and status.typedAhead),
                             "reused": status.reusedTokens if status else None, "line": done.rsplit("\n", 1)[-1],
                             "suggestion": suggestion, "next": rest_of_line})
                 await asyncio.sleep(max(0.0, gap - debounce_ms / 1000 - elapsed))
@@ -204,13 +207,18 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
     finally:
         await client.stop()
     n = len(latencies)
-    ordered = sorted(latencies)
+    warm = [x["ms"] for x in log if not x["first_in_document"]]
+    computed = [x["ms"] for x in log if not x["typed_ahead"]]
     return {
         "model": model,
         "requests": n,
-        "latency_ms_p50": round(statistics.median(ordered), 1) if n else None,
-        "latency_ms_p95": round(ordered[min(n - 1, round(0.95 * (n - 1)))], 1) if n else None,
-        "latency_ms_mean": round(statistics.fmean(ordered), 1) if n else None,
+        "latency_ms_p50": _percentile(latencies, 50),
+        "latency_ms_p95": _percentile(latencies, 95),
+        "latency_ms_mean": round(statistics.fmean(latencies), 1) if n else None,
+        "warm_latency_ms_p50": _percentile(warm, 50),
+        "warm_latency_ms_p95": _percentile(warm, 95),
+        "model_runs": len(computed),
+        "model_run_latency_ms_p50": _percentile(computed, 50),
         "cache_hit_rate": round(hits / n, 3) if n else None,
         "reused_tokens_mean": round(reused / n, 1) if n else None,
         "typed_ahead_hits": ahead,
@@ -219,6 +227,14 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
         "acceptance": round(accepted / shown, 3) if shown else None,
         "log": log,
     }
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (ms), ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))], 1)
 
 
 def run_typing_bench(root: Path | None = None, files: int = 3, lines: int = 3, seed: int = 0, cps: float = 10.0,

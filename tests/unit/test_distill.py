@@ -11,6 +11,7 @@ from pocketpilot.compression.distill import (
     TeacherTopKCache,
     code_blocks,
     distill,
+    held_out_files,
     kd_loss,
     kd_loss_topk,
     make_student,
@@ -144,6 +145,13 @@ def test_code_blocks_hold_out_whole_files_deterministically(deep_teacher, corpus
     (extra / "extra.py").write_text("x = 1\n" * 50)
     c = code_blocks(tok, [corpus, extra], block_tokens=32, val_fraction=0.2)
     assert c.train_files + c.val_files == 9
+    # the held-out files are the validation split, and evaluation tasks can be cut from them alone
+    held = held_out_files([corpus], val_fraction=0.2)
+    assert len(held) == a.val_files and all(p.parent == corpus for p in held)
+    from pocketpilot.evaluation.tasks import make_tasks
+
+    tasks = make_tasks(corpus, n=5, seed=0, min_prefix_chars=0, files=held)
+    assert tasks and {t["id"].split(":")[0] for t in tasks} <= {p.name for p in held}
     (tmp_path / "empty").mkdir()
     with pytest.raises(PocketPilotError, match="the corpus is empty"):
         code_blocks(tok, [tmp_path / "empty"])
