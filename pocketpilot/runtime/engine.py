@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from pocketpilot.runtime.kvcache import cache_bytes, new_cache
 from pocketpilot.runtime.loader import LoadedModel
 from pocketpilot.runtime.postprocess import block_end, block_opener, finalize, indentation, open_brackets
 from pocketpilot.runtime.settings import EngineSettings
@@ -378,6 +379,7 @@ class CompletionEngine:
         hi = bisect.bisect_left(self._sorted_texts, text + "\U0010ffff")
         return lo, hi
 
+    @torch.inference_mode()
     def _prefill(
         self, ids: list[int], cache_key: str | None, should_stop: Callable[[], bool] | None = None
     ) -> tuple[torch.Tensor | None, Any, int, int]:
@@ -401,6 +403,8 @@ class CompletionEngine:
                 if extra > 0:
                     cache.crop(-extra)  # a negative count removes that many tokens (transformers 4.x and 5.x)
         pos = reused
+        if cache is None:
+            cache = new_cache()
         while True:
             end = min(len(ids), pos + PREFILL_CHUNK)
             out = self.model(input_ids=torch.tensor([ids[pos:end]]), past_key_values=cache, use_cache=True,
@@ -457,8 +461,12 @@ class CompletionEngine:
 
     @property
     def cached_bytes(self) -> int:
-        """Memory held by the kept KV caches (bytes, estimated from the cached token counts)."""
-        return sum(len(s.ids) for s in self._docs.values()) * self.kv_bytes_per_token
+        """Memory held by the kept KV caches (bytes: buffer sizes, else estimated from token counts)."""
+        total = 0
+        for state in self._docs.values():
+            held = cache_bytes(state.cache)
+            total += held if held is not None else len(state.ids) * self.kv_bytes_per_token
+        return total
 
     def forget(self, cache_key: str) -> None:
         """Drop what is kept for a document (e.g. when it is closed)."""
