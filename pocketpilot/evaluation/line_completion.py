@@ -38,13 +38,14 @@ def evaluate_lines(engine, tasks: list[dict], progress: Callable[[Iterable], Ite
         "es": round(statistics.fmean(r["es"] for r in rows), 2) if n else 0.0,
         "em": round(100 * sum(r["em"] for r in rows) / n, 2) if n else 0.0,
         "latency_ms_p50": round(statistics.median(lat), 1) if lat else None,
-        "latency_ms_p95": round(_percentile(lat, 95), 1) if lat else None,
+        "latency_ms_p95": round(percentile(lat, 95), 1) if lat else None,
         "decode_ms_per_token": round(statistics.median(decode_tok), 2) if decode_tok else None,
         "predictions": rows,
     }
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank ``q``-th percentile of a non-empty list (same unit as the values)."""
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]

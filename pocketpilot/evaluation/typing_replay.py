@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from pocketpilot.errors import PocketPilotError
+from pocketpilot.evaluation.line_completion import percentile
 from pocketpilot.evaluation.tasks import default_source_dir, source_files
 
 
@@ -230,11 +231,8 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (ms), ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))], 1)
+    """:func:`~pocketpilot.evaluation.line_completion.percentile` rounded to 0.1 ms, ``None`` for no values."""
+    return round(percentile(values, q), 1) if values else None
 
 
 def run_typing_bench(root: Path | None = None, files: int = 3, lines: int = 3, seed: int = 0, cps: float = 10.0,
