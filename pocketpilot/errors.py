@@ -27,3 +27,7 @@ class ArtifactError(PocketPilotError):
 
 class PositionError(PocketPilotError, ValueError):
     """A cursor position lies outside the document."""
+
+
+class MissingDependencyError(PocketPilotError, ImportError):
+    """An optional package a feature needs is not installed; the message gives the pip command."""

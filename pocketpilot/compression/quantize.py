@@ -13,6 +13,12 @@ Each method takes a float ``transformers`` causal LM and writes the compressed w
   activations cut ES from 51 to 37 on SmolLM2-135M while weight-only kept it.
 - ``bf16``: all weights cast to bfloat16.
 - ``none``: float32 copy of the teacher (a baseline).
+- ``bnb-int8``: bitsandbytes LLM.int8() (Dettmers et al., NeurIPS 2022, "LLM.int8(): 8-bit
+  Matrix Multiplication for Transformers at Scale"): vector-wise int8 weights, outlier
+  activation columns (> 6.0) in float16. Optional dependency ``bitsandbytes``.
+- ``bnb-nf4``: bitsandbytes 4-bit NormalFloat with double quantization (Dettmers et al.,
+  NeurIPS 2023, "QLoRA"), blocks of 64 weights, bf16 compute. Optional dependency ``bitsandbytes``.
+  Both run on CUDA and, with bitsandbytes >= 0.48, on CPU (measured in the README).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pocketpilot.errors import UnknownMethodError
+from pocketpilot.errors import MissingDependencyError, UnknownMethodError
 from pocketpilot.runtime.loader import INT8_FORMAT, QUANT_FILE
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, choose_input_scale, get_submodule_parent
 
@@ -39,36 +45,52 @@ class QuantMethod:
         description: one line for ``--help``.
         apply: ``apply(model, out_dir, calibration) -> recipe details`` (a JSON-able dict recorded in
             the manifest); ``calibration`` is a list of token-id tensors ``[1, T]`` or ``None``.
+        requires: optional Python packages the method imports, as ``(module, pip requirement)``.
     """
 
     name: str
     description: str
     apply: Callable[[nn.Module, Path, list | None], dict]
+    requires: tuple[tuple[str, str], ...] = ()
+
+    def check_available(self) -> None:
+        """Raise :class:`MissingDependencyError` (with the pip command) if a required package is missing."""
+        import importlib.util
+
+        missing = [req for mod, req in self.requires if importlib.util.find_spec(mod) is None]
+        if missing:
+            raise MissingDependencyError(
+                f"method {self.name!r} needs {', '.join(missing)}; install it with: pip install {' '.join(missing)}"
+            )
 
 
 METHODS: dict[str, QuantMethod] = {}
 
 
-def register(name: str, description: str):
+def register(name: str, description: str, requires: tuple[tuple[str, str], ...] = ()):
     """Decorator adding ``fn(model, out_dir, calibration) -> dict`` to :data:`METHODS` under ``name``."""
 
     def deco(fn: Callable[[nn.Module, Path, list | None], dict]):
-        METHODS[name] = QuantMethod(name, description, fn)
+        METHODS[name] = QuantMethod(name, description, fn, requires)
         return fn
 
     return deco
 
 
-def get_method(name: str) -> QuantMethod:
-    """Look up a method by name.
+def get_method(name: str, check: bool = True) -> QuantMethod:
+    """Look up a method by name (and, with ``check``, that its optional packages are installed).
 
     Raises:
         UnknownMethodError: ``name`` is not registered; the message lists the supported ones.
+        MissingDependencyError: ``check`` and a package the method needs is missing (message: the pip command).
     """
     try:
-        return METHODS[name]
+        method = METHODS[name]
     except KeyError:
         raise UnknownMethodError(f"unknown method {name!r}; supported: {', '.join(METHODS)}") from None
+    if check:
+        method.check_available()
+    return method
 
 
 def _save_float(model: nn.Module, out: Path, dtype: torch.dtype) -> None:
@@ -87,6 +109,58 @@ def quantize_none(model: nn.Module, out: Path, calibration: list | None = None) 
 def quantize_bf16(model: nn.Module, out: Path, calibration: list | None = None) -> dict:
     _save_float(model, out, torch.bfloat16)
     return {"weights": "bfloat16", "activations": "bfloat16"}
+
+
+BNB = (("bitsandbytes", "bitsandbytes>=0.48"),)
+
+
+def _bnb_quantize(model: nn.Module, out: Path, quant_config, dtype: torch.dtype) -> dict:
+    """Quantize with bitsandbytes through transformers: save the float model, reload it with
+    ``quant_config`` (transformers swaps in bnb layers while loading), save the quantized weights.
+
+    The float copy lives in ``out/.float`` and is removed; ``out`` is an atomic build folder.
+    """
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    float_dir = out / ".float"
+    model.save_pretrained(float_dir, safe_serialization=True)
+    try:
+        qmodel = AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=quant_config, dtype=dtype,
+                                                      device_map="cuda" if torch.cuda.is_available() else "cpu",
+                                                      local_files_only=True)
+        qmodel.save_pretrained(out, safe_serialization=True)
+    finally:
+        shutil.rmtree(float_dir, ignore_errors=True)
+    kinds: dict[str, int] = {}
+    for mod in qmodel.modules():
+        if type(mod).__module__.startswith("bitsandbytes"):
+            kinds[type(mod).__name__] = kinds.get(type(mod).__name__, 0) + 1
+    import bitsandbytes
+
+    return {"quantized_modules": kinds, "bitsandbytes": bitsandbytes.__version__,
+            "quantization_config": quant_config.to_dict()}
+
+
+@register("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, fp16 outlier columns (needs bitsandbytes)", BNB)
+def quantize_bnb_int8(model: nn.Module, out: Path, calibration: list | None = None) -> dict:
+    from transformers import BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)
+    details = _bnb_quantize(model, out, cfg, torch.float16 if torch.cuda.is_available() else torch.float32)
+    return {"weights": "int8 vector-wise (LLM.int8)", "activations": "int8 with fp16 outlier columns (threshold 6.0)",
+            **details}
+
+
+@register("bnb-nf4", "bitsandbytes 4-bit NormalFloat + double quantization, bf16 compute (needs bitsandbytes)", BNB)
+def quantize_bnb_nf4(model: nn.Module, out: Path, calibration: list | None = None) -> dict:
+    from transformers import BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    details = _bnb_quantize(model, out, cfg, torch.bfloat16)
+    return {"weights": "4-bit NF4, blocks of 64, double-quantized scales", "activations": "bfloat16", **details}
 
 
 #: LM head logits recomputed exactly in float32 (see :class:`Int8Linear`).

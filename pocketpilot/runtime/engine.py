@@ -94,6 +94,7 @@ class CompletionEngine:
     def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
+        self.device = next(self.model.parameters()).device  # cpu, or cuda for a GPU recipe
         self.tokenizer = loaded.tokenizer
         self.settings = settings or EngineSettings()
         vocab = self.tokenizer.get_vocab()
@@ -256,7 +257,7 @@ class CompletionEngine:
         while take(next_id):
             room = min(self.settings.draft_tokens, limit - len(generated))
             drafts = [] if heal_left or room <= 0 else _lookup_draft(fed + [next_id], room)
-            out = self.model(input_ids=torch.tensor([[next_id, *drafts]]), past_key_values=cache, use_cache=True,
+            out = self.model(input_ids=torch.tensor([[next_id, *drafts]], device=self.device), past_key_values=cache, use_cache=True,
                              logits_to_keep=len(drafts) + 1)
             cache = out.past_key_values
             fed.append(next_id)
@@ -350,7 +351,7 @@ class CompletionEngine:
             allowed.extend(self._text_ids.get(heal_left[:k], ()))
         if not allowed:
             return int(logits.argmax()), ""
-        index = torch.tensor(allowed)
+        index = torch.tensor(allowed, device=logits.device)
         tok = int(index[int(logits[index].argmax())])
         text = self._texts[tok] if self._texts is not None else ""
         return tok, heal_left[len(text) :] if heal_left.startswith(text) and len(text) < len(heal_left) else ""
@@ -407,7 +408,7 @@ class CompletionEngine:
             cache = new_cache()
         while True:
             end = min(len(ids), pos + PREFILL_CHUNK)
-            out = self.model(input_ids=torch.tensor([ids[pos:end]]), past_key_values=cache, use_cache=True,
+            out = self.model(input_ids=torch.tensor([ids[pos:end]], device=self.device), past_key_values=cache, use_cache=True,
                              logits_to_keep=1)
             cache, pos = out.past_key_values, end
             if pos == len(ids):

@@ -52,19 +52,24 @@ class LoadedModel:
     quantization: dict | None = field(default=None)
 
 
-def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a model folder for inference on CPU.
+def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a model folder for inference (on CPU unless ``device`` is ``"cuda"``).
 
     Args:
         folder: a Hugging Face folder (``config.json``, safetensors, tokenizer files), optionally
             with a ``quantization.json`` sidecar written by :mod:`pocketpilot.compression.quantize`.
         dtype: activation dtype; default: the sidecar's ``compute_dtype``, else the dtype in
             ``config.json``, else float32.
+        device: ``"cpu"`` or ``"cuda"`` (the first GPU; bitsandbytes artifacts load there directly).
 
     Raises:
-        ArtifactError: the folder is missing, or its files are unreadable or inconsistent.
+        ArtifactError: the folder is missing, or its files are unreadable or inconsistent, or
+            ``device`` is ``"cuda"`` on a machine without CUDA.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if device != "cpu" and not (device == "cuda" and torch.cuda.is_available()):
+        raise ArtifactError(f"device {device!r} is not available here; use device 'cpu'")
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -78,12 +83,18 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None) -> L
         if quant is None:
             if dtype is None:
                 dtype = _config_dtype(config)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+            bnb = "quantization_config" in json.loads((folder / "config.json").read_text())
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                         **({"device_map": device} if bnb else {}))
+            if not bnb and device != "cpu":
+                model.to(device)
         else:
             if quant.get("format") != INT8_FORMAT:
                 raise ArtifactError(f"{folder / QUANT_FILE}: unsupported format {quant.get('format')!r}")
             dtype = dtype or dtype_from_name(quant["compute_dtype"])
             model = _load_int8(folder, config, quant, dtype)
+            if device != "cpu":
+                model.to(device)
     except ArtifactError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -144,3 +144,49 @@ def test_misaligned_int8_weights_are_safe_and_loaded_weights_are_aligned(pp_home
     res = compress(str(tiny_teacher), "int8", eval_tasks=0)
     loaded = load_artifact(res.artifact_id)
     assert all(is_aligned(m.weight_int8) for m in loaded.model.modules() if hasattr(m, "weight_int8"))
+
+
+def test_bnb_methods_are_registered_and_a_missing_package_names_the_pip_command(pp_home, tiny_teacher, monkeypatch):
+    import importlib.util
+
+    from pocketpilot.compression.quantize import METHODS
+    from pocketpilot.errors import MissingDependencyError
+
+    assert {"bnb-int8", "bnb-nf4"} <= set(METHODS)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"pip install bitsandbytes"):
+        compress(str(tiny_teacher), "bnb-nf4", eval_tasks=0)
+    assert not (pp_home / "artifacts").exists() or not list((pp_home / "artifacts").iterdir())
+
+
+def _bnb_usable_on(device: str) -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False
+    return device == "cpu" or torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("method, layer", [("bnb-int8", "Linear8bitLt"), ("bnb-nf4", "Linear4bit")])
+def test_bnb_artifact_roundtrip(pp_home, tiny_teacher, method, layer, device):
+    if not _bnb_usable_on(device):
+        pytest.skip(f"bitsandbytes{' with CUDA' if device == 'cuda' else ''} not available")
+    if device == "cpu" and torch.cuda.is_available():
+        pytest.skip("CUDA present: bitsandbytes quantizes on the GPU")
+    res = compress(str(tiny_teacher), method, eval_tasks=0, activate=False)
+    m = res.manifest
+    assert m["recipe"]["method"] == method and m["recipe"]["quantized_modules"].get(layer, 0) >= 7
+    assert m["artifact_bytes"] < 0.6 * m["teacher"]["fp32_bytes"]
+    assert not (res.folder / ".float").exists()
+    loaded = load_artifact(str(res.folder))
+    assert any(type(mod).__name__ == layer for mod in loaded.model.modules())
+    teacher = load_model_folder(tiny_teacher)
+    ids = torch.tensor([teacher.tokenizer.encode("for item in items:\n    total = total + item\n")])
+    with torch.no_grad():
+        a = loaded.model(ids.to(loaded.model.device)).logits.float().cpu()
+        t = teacher.model(ids).logits
+    assert a.shape == t.shape and torch.isfinite(a).all()
+    # the tiny model (hidden size 64) is far more fragile than real ones, so only a loose agreement
+    assert (a.argmax(-1) == t.argmax(-1)).float().mean() > 0.5
