@@ -1,4 +1,4 @@
-"""Command line: ``pocketpilot compress | distill | list | complete | serve | eval | bench``."""
+"""Command line: ``pocketpilot compress | doctor | distill | list | complete | serve | eval | bench``."""
 
 from __future__ import annotations
 
@@ -29,12 +29,33 @@ def _human(n: int) -> str:
 def cmd_compress(args) -> int:
     from pocketpilot.compression import compress
 
-    res = compress(args.teacher, args.method, force=args.force, eval_tasks=args.eval_tasks,
-                   progress=_stderr_progress)
+    decision = None
+    if args.for_this_machine:
+        if args.teacher or args.method:
+            raise PocketPilotError("--for-this-machine chooses the teacher and method itself; drop --teacher/--method")
+        from pocketpilot.compression.recipe import compress_for_this_machine
+
+        res, decision = compress_for_this_machine(args.budget_ms, eval_tasks=args.eval_tasks, force=args.force,
+                                                  progress=_stderr_progress)
+    else:
+        from pocketpilot.compression.teachers import DEFAULT_TEACHER
+
+        res = compress(args.teacher or DEFAULT_TEACHER, args.method or "int8", force=args.force,
+                       eval_tasks=args.eval_tasks, progress=_stderr_progress)
     s = res.summary()
+    if decision is not None:
+        s["machine_decision"] = {k: res.manifest["machine_decision"][k] for k in
+                                 ("teacher", "method", "budget_ms", "meets_budget", "reason", "predicted_line_ms",
+                                  "measured_line_ms_p50", "measured_meets_budget")}
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
+    if decision is not None:
+        md = s["machine_decision"]
+        print(f"chose {md['teacher']} {md['method']} for this machine: {md['reason']}")
+        if md["measured_line_ms_p50"] is not None:
+            print(f"  measured one-line p50 {md['measured_line_ms_p50']:.0f} ms (predicted {md['predicted_line_ms']:.0f} ms, "
+                  f"budget {md['budget_ms']:.0f} ms: {'met' if md['measured_meets_budget'] else 'not met'})")
     m = s["metrics"]
     print(f"artifact {s['artifact_id']} {'(cached)' if s['reused'] else '(new)'}: {s['folder']}")
     print(f"  size {_human(s['artifact_bytes'])} vs teacher {_human(s['teacher_fp32_bytes'])} in fp32 "
@@ -44,6 +65,44 @@ def cmd_compress(args) -> int:
         print(f"  line completion ({m['tasks']}): ES {a['es']:.1f} vs teacher {t['es']:.1f}, "
               f"EM {a['em']:.1f}% vs {t['em']:.1f}%; p50 {a['latency_ms_p50']:.0f} ms vs {t['latency_ms_p50']:.0f} ms")
     print("  active: yes (pocketpilot serve / complete use it)")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from dataclasses import asdict
+
+    from pocketpilot.compression.recipe import choose_recipe, probe_hardware, probe_speed
+
+    profile = probe_hardware()
+    print("probing kernel speeds (about 30 s) ...", file=sys.stderr, flush=True)
+    speed = probe_speed()
+    decision = choose_recipe(profile, speed, args.budget_ms)
+    if args.json:
+        print(json.dumps({"profile": asdict(profile), "speed_probe": asdict(speed), "decision": decision.to_json()},
+                         indent=2))
+        return 0
+    isa = ", ".join(k.upper() for k, v in profile.isa.items() if v) or "none detected"
+    print(f"CPU       {profile.cpu_model}: {profile.cpus} usable cores; ISA {isa}; torch kernels {profile.torch_cpu_capability}")
+    print(f"memory    {_human(profile.ram_total_bytes)} RAM, {_human(profile.ram_available_bytes)} available; "
+          f"{_human(profile.disk_free_bytes)} free disk for the cache")
+    gpus = "; ".join(f"{g['name']} ({_human(g['memory_bytes'])})" for g in profile.cuda) or "none"
+    print(f"CUDA      {gpus}")
+    print(f"MPS       {'yes' if profile.mps else 'no'}")
+    print(f"optional  bitsandbytes {'installed' if profile.bitsandbytes else 'not installed (pip install bitsandbytes)'}")
+    print(f"speed     matmul {speed.gflops.get('float32')} GFLOP/s fp32, {speed.gflops.get('bfloat16')} bf16; "
+          f"one-row weight streaming (GB/s): " + ", ".join(f"{k} {v}" for k, v in speed.weight_gbps.items())
+          + f"  (probe took {speed.seconds} s)")
+    print(f"\ncandidates (predicted, cold one-line completion: {512}-token prefill + 12 decode steps):")
+    print(f"  {'teacher':20s} {'method':9s} {'prefill ms':>10s} {'decode ms/tok':>13s} {'line ms':>8s} {'weights':>9s}  note")
+    for r in decision.candidates:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        note = "CHOSEN" if r["chosen"] else r.get("rejected", "")
+        print(f"  {r['teacher']:20s} {r['method']:9s} {fmt(r['prefill_ms'], '.0f'):>10s} "
+              f"{fmt(r['decode_ms_per_token'], '.1f'):>13s} {fmt(r['line_ms'], '.0f'):>8s} {_human(r['weights_bytes']):>9s}  {note}")
+    print(f"\nrecipe    {decision.teacher} {decision.method} on {decision.device}; budget {decision.budget_ms:.0f} ms "
+          f"({'met' if decision.meets_budget else 'not met'}, predicted)")
+    print(f"why       {decision.reason}")
+    print("build it  pocketpilot compress --for-this-machine" + (f" --budget-ms {args.budget_ms:g}" if args.budget_ms != 300 else ""))
     return 0
 
 
@@ -268,13 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="compress a teacher into a cached artifact and make it active")
-    c.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER}): {ACCEPTED_FORMS}")
-    c.add_argument("--method", default="int8", help=METHOD_HELP)
+    c.add_argument("--teacher", help=f"teacher spec (default {DEFAULT_TEACHER}): {ACCEPTED_FORMS}")
+    c.add_argument("--method", help=METHOD_HELP)
+    c.add_argument("--for-this-machine", action="store_true",
+                   help="probe this machine and choose teacher and method for --budget-ms and its memory "
+                        "(see `pocketpilot doctor`); the decision is recorded in the manifest")
+    c.add_argument("--budget-ms", type=float, default=300.0,
+                   help="--for-this-machine: one-line completion p50 budget, ms (default 300)")
     c.add_argument("--force", action="store_true", help="rebuild even if the artifact is cached")
     c.add_argument("--eval-tasks", type=int, default=20, metavar="N",
                    help="score artifact and teacher on N stdlib line-completion tasks (0 skips; default 20)")
     c.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes)")
     c.set_defaults(func=cmd_compress)
+
+    dr = sub.add_parser("doctor", help="probe this machine (cores, ISA, RAM, CUDA, MPS) and say which recipe it would choose")
+    dr.add_argument("--budget-ms", type=float, default=300.0, help="one-line completion p50 budget, ms (default 300)")
+    dr.add_argument("--json", action="store_true", help="print the profile, speed probe and decision as JSON")
+    dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("distill", help="distil a teacher into a shallower student (knowledge distillation) and cache it")
     d.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER})")

@@ -266,11 +266,14 @@ def _trailing_word(text: str) -> str:
 
 @server.command(COMPRESS_COMMAND)
 async def compress_command(ls: PocketPilotServer, *args):
-    """``pocketpilot.compress [{"teacher": SPEC, "method": NAME, "force": bool}]`` with ``$/progress``.
+    """``pocketpilot.compress [{"teacher": SPEC, "method": NAME, "force": bool, "budgetMs": ms}]`` with ``$/progress``.
 
+    Without ``teacher`` and ``method`` (the first run, the editor's "Compress Model for This
+    Machine"), the recipe is chosen for this machine (:mod:`pocketpilot.compression.recipe`).
     Returns the artifact summary (sizes in bytes) and serves the new artifact.
     """
     from pocketpilot.compression import compress
+    from pocketpilot.compression.recipe import DEFAULT_BUDGET_MS, compress_for_this_machine
 
     opts = args[0] if args and isinstance(args[0], dict) else {}
     loop = asyncio.get_running_loop()
@@ -285,11 +288,15 @@ async def compress_command(ls: PocketPilotServer, *args):
     previous = ls.state
     ls.set_state("compressing")
     try:
-        result = await loop.run_in_executor(
-            ls.jobs,
-            lambda: compress(opts.get("teacher"), opts.get("method", "int8"), force=bool(opts.get("force")),
-                             eval_tasks=int(opts.get("evalTasks", 20)), progress=report),
-        )
+        if opts.get("teacher") or opts.get("method"):
+            job = lambda: compress(opts.get("teacher"), opts.get("method", "int8"),  # noqa: E731
+                                   force=bool(opts.get("force")), eval_tasks=int(opts.get("evalTasks", 20)),
+                                   progress=report)
+        else:
+            job = lambda: compress_for_this_machine(  # noqa: E731
+                float(opts.get("budgetMs", DEFAULT_BUDGET_MS)), force=bool(opts.get("force")),
+                eval_tasks=int(opts.get("evalTasks", 10)), progress=report)[0]
+        result = await loop.run_in_executor(ls.jobs, job)
     except PocketPilotError as exc:
         ls.set_state(previous)
         ls.end_progress(token, f"failed: {exc}")
