@@ -276,7 +276,8 @@ def load_any(name: str | None = None):
     """
     from pocketpilot.runtime.loader import load_model_folder
 
-    if name is None or (artifacts_dir() / name).is_dir() or (Path(name).expanduser() / MANIFEST).is_file():
+    is_id = name is not None and os.sep not in name and (artifacts_dir() / name).is_dir()  # not a path
+    if name is None or is_id or (Path(name).expanduser() / MANIFEST).is_file():
         return load_artifact(name)
     try:
         spec = parse_spec(name)

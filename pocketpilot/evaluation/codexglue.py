@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
 import statistics
@@ -38,11 +37,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pocketpilot.errors import PocketPilotError
+from pocketpilot.evaluation.data import DATA_ENV
+from pocketpilot.evaluation.data import data_dir as _data_dir
 from pocketpilot.evaluation.line_completion import percentile
 from pocketpilot.evaluation.metrics import edit_similarity, exact_match
 from pocketpilot.runtime.postprocess import first_line
 
-DATA_ENV = "POCKETPILOT_DATA"
 SUBDIR = "codexglue_line"
 #: canonical language -> (examples file, literals file)
 FILES = {"python": ("py150_dev.jsonl", "py150_literals.json"), "java": ("java_dev.jsonl", "java_literals.json")}
@@ -57,19 +57,12 @@ _LIT_VALUE = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
 
 
 def data_dir() -> Path:
-    """The shared evaluation-data folder (the one holding ``codexglue_line/``).
-
-    ``$POCKETPILOT_DATA`` when set, else ``../shared/data`` beside the project root.
+    """The evaluation data folder (see :func:`pocketpilot.evaluation.data.data_dir`).
 
     Raises:
-        PocketPilotError: neither exists.
+        PocketPilotError: it does not exist.
     """
-    env = os.environ.get(DATA_ENV)
-    path = Path(env).expanduser() if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-    if not path.is_dir():
-        raise PocketPilotError(
-            f"evaluation data folder not found: {path}; set {DATA_ENV} to the folder holding {SUBDIR}/")
-    return path
+    return _data_dir("codexglue_line/")
 
 
 def _lang(lang: str) -> str:

@@ -49,21 +49,6 @@ _ERROR_PREFIX = "pocketpilot: error: "
 _J_PER_KWH = 3.6e6
 
 
-def folder_bytes(folder: str | Path) -> tuple[int, int]:
-    """``(all files, safetensors files)`` under ``folder``, recursively (bytes: file sizes).
-
-    Symlinks are followed, so a Hugging Face cache snapshot (links to blobs) counts its blobs.
-    """
-    total = weights = 0
-    for path in Path(folder).rglob("*"):
-        if path.is_file():
-            size = path.stat().st_size
-            total += size
-            if path.name.endswith(".safetensors"):
-                weights += size
-    return total, weights
-
-
 def _proc_status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -310,7 +295,11 @@ def measure_cost_inproc(
     if any(n < 1 for n in lengths):
         raise PocketPilotError(f"prompt lengths must be >= 1 token, got {list(prompt_lengths)}")
     out: dict = {"folder": str(loaded.folder)}
-    out["size_bytes"], out["weights_bytes"] = folder_bytes(loaded.folder)
+    from pocketpilot.compression.artifacts import folder_bytes
+
+    # all files / safetensors only (bytes); stat follows symlinks, so a Hugging Face cache snapshot counts its blobs
+    out["size_bytes"] = folder_bytes(Path(loaded.folder))
+    out["weights_bytes"] = folder_bytes(Path(loaded.folder), "*.safetensors")
 
     # prefill and decode speed on standard-library text
     limit = max_positions(loaded)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pocketpilot.errors import PocketPilotError
-from pocketpilot.evaluation.cost import ENERGY_SOURCES, folder_bytes, measure_cost, measure_cost_inproc
+from pocketpilot.evaluation.cost import ENERGY_SOURCES, measure_cost, measure_cost_inproc
 from tiny import CORPUS
 
 KEYS = {"name", "folder", "size_bytes", "weights_bytes", "load_ms", "rss_after_load_bytes", "peak_rss_bytes",
@@ -109,7 +109,9 @@ def test_inproc_without_codecarbon_and_peak_rss_is_own(tiny_home, monkeypatch):
         torch.set_num_threads(threads)
     assert res["energy_j_per_1000"] is None and res["energy_source"] is None
     assert "pip install codecarbon" in res["energy_note"]
-    assert (res["size_bytes"], res["weights_bytes"]) == folder_bytes(loaded.folder)
+    files = [f for f in Path(loaded.folder).rglob("*") if f.is_file()]
+    assert res["size_bytes"] == sum(f.stat().st_size for f in files)
+    assert res["weights_bytes"] == sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
     with pytest.raises(PocketPilotError, match="no line-completion tasks"):
         measure_cost_inproc(loaded, [], prompt_lengths=(16,))
 

@@ -1,0 +1,351 @@
+"""HumanEval functional correctness (pass@1, greedy) and ReCode robustness.
+
+* HumanEval (Chen et al., 2021, "Evaluating Large Language Models Trained on Code",
+  arXiv:2107.03374): 164 Python functions given as signature + docstring; the model writes the
+  body, which passes if the hidden unit tests pass. Decoding is greedy, so pass@1 is the
+  fraction of problems solved (:func:`pass_at_k` has the unbiased estimator for sampling).
+* ReCode (Wang et al., 2022, "ReCode: Robustness Evaluation of Code Generation Models",
+  arXiv:2212.10264, ACL 2023): the same problems with semantics-preserving perturbations of the
+  prompt, in four categories: ``nlaugmenter`` (docstring paraphrases, typos, case changes),
+  ``func_name`` (function renames), ``format`` (new lines, tab indent, split lines, docstring to
+  comments) and ``natgen`` (dead code, for/while, operand swap, variable renames). The metric is
+  pass@1 on the nominal prompts against pass@1 on the perturbed prompts; the robust drop is
+  nominal minus perturbed (mean or worst case over the transforms of a category).
+
+``format`` and ``natgen`` perturb ReCode's *partial code* prompts (signature, docstring and the
+first half of the canonical solution), so their nominal is ``humaneval_partial.jsonl``; the
+other categories perturb the plain HumanEval prompts.
+
+Generated code runs in a separate, resource-limited process (:mod:`.sandbox`), one problem at a
+time. Data: ``recode/`` in the data folder (:func:`data_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pocketpilot.errors import PocketPilotError
+from pocketpilot.evaluation.data import DATA_ENV
+from pocketpilot.evaluation.data import data_dir as _data_dir
+from pocketpilot.evaluation.sandbox import SandboxResult, run_program
+
+#: Environment variable naming the data folder (the one that holds ``recode/``).
+#: Standard HumanEval/Codex stop sequences for a function body.
+STOP_SEQUENCES = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+#: ReCode categories whose prompts (and so whose nominal) are the partial-code prompts.
+PARTIAL_CATEGORIES = ("format", "natgen")
+_PERTURBED_RE = re.compile(r"^(?P<category>[a-z_]+?)__humaneval_(?P<transform>.+)_s0\.jsonl$")
+#: a line that starts at column 0 with something other than whitespace: the function has ended
+_UNINDENTED_RE = re.compile(r"\n\S")
+
+
+def data_dir() -> Path:
+    """The evaluation data folder (see :func:`pocketpilot.evaluation.data.data_dir`).
+
+    Raises:
+        PocketPilotError: it does not exist.
+    """
+    return _data_dir("recode/")
+
+
+def _recode_dir() -> Path:
+    folder = data_dir() / "recode"
+    if not folder.is_dir():
+        raise PocketPilotError(f"no recode/ in {folder.parent}; set {DATA_ENV} to the folder that holds recode/")
+    return folder
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise PocketPilotError(f"{path} not found; set {DATA_ENV} to the folder that holds recode/")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_problems(path: Path | None = None, limit: int | None = None) -> list[dict]:
+    """Read HumanEval-format problems (``task_id``, ``prompt``, ``entry_point``, ``test``, ...).
+
+    Args:
+        path: a ``.jsonl`` file; default ``recode/HumanEval.jsonl`` in :func:`data_dir`.
+        limit: keep the first ``limit`` problems.
+
+    Raises:
+        PocketPilotError: the file or the data folder is missing.
+    """
+    rows = _read_jsonl(Path(path) if path is not None else _recode_dir() / "HumanEval.jsonl")
+    return rows[:limit] if limit is not None else rows
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator of Chen et al., 2021 (Codex paper, eq. 1): ``1 - C(n-c, k) / C(n, k)``.
+
+    The probability that at least one of ``k`` samples drawn without replacement from ``n``
+    generated samples, ``c`` of them correct, is correct; computed as the stable product
+    ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``. With one greedy sample (``n = k = 1``) it is ``c / n``.
+
+    Returns:
+        a fraction in ``[0, 1]``.
+
+    Raises:
+        ValueError: unless ``0 <= c <= n`` and ``1 <= k <= n``.
+    """
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def _stop_index(text: str, at_line_start: bool) -> int | None:
+    """Index in ``text`` of the first stop (stop sequence or unindented line), or ``None``."""
+    hits = [i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0]
+    m = _UNINDENTED_RE.search(("\n" if at_line_start else "") + text)
+    if m:
+        hits.append(max(0, m.start() - (1 if at_line_start else 0)))
+    return min(hits) if hits else None
+
+
+def truncate_completion(text: str, at_line_start: bool = True) -> str:
+    """Cut a generated function body at the first stop sequence or unindented non-empty line.
+
+    ``at_line_start``: the prompt ended with a newline, so a first line at column 0 stops too.
+    """
+    cut = _stop_index(text, at_line_start)
+    return text if cut is None else text[:cut]
+
+
+def _unindented_criterion(tokenizer, prompt_len: int, at_line_start: bool):
+    """A ``StoppingCriteria`` that stops once the new text holds an unindented non-empty line."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class UnindentedLine(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            text = tokenizer.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
+            hit = _UNINDENTED_RE.search(("\n" if at_line_start else "") + text) is not None
+            return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
+
+    return UnindentedLine()
+
+
+def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]:
+    """Greedy completion of a function body after ``prompt``.
+
+    Uses ``transformers``' ``model.generate`` (greedy, ``stop_strings`` =
+    :data:`STOP_SEQUENCES`, plus a criterion for an unindented non-empty line, EOS). The text
+    is cut at the first stop. A prompt longer than the model's context minus
+    ``max_new_tokens`` keeps its last tokens.
+
+    Args:
+        loaded: a :class:`pocketpilot.runtime.LoadedModel` (float or int8).
+        prompt: HumanEval-style prompt (signature and docstring, maybe partial code).
+        max_new_tokens: most tokens decoded.
+
+    Returns:
+        ``(completion, {"new_tokens", "ms"})``: tokens decoded (EOS included) and wall time (ms).
+    """
+    import torch
+    from transformers import StoppingCriteriaList
+
+    tok, model = loaded.tokenizer, loaded.model
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    n_ctx = getattr(model.config, "max_position_embeddings", None)
+    if n_ctx and ids.shape[1] > n_ctx - max_new_tokens:
+        ids = ids[:, -max(1, n_ctx - max_new_tokens):]
+    prompt_len = ids.shape[1]
+    at_line_start = prompt.endswith("\n")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            stop_strings=STOP_SEQUENCES,
+            tokenizer=tok,
+            stopping_criteria=StoppingCriteriaList([_unindented_criterion(tok, prompt_len, at_line_start)]),
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+        )
+    ms = (time.perf_counter() - t0) * 1000
+    new = out[0, prompt_len:]
+    text = tok.decode(new, skip_special_tokens=True)
+    return truncate_completion(text, at_line_start), {"new_tokens": int(new.shape[0]), "ms": round(ms, 1)}
+
+
+def check(problem: dict, completion: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> SandboxResult:
+    """Run ``problem``'s tests on ``prompt + completion`` in the sandbox.
+
+    The program is ``prompt + completion + "\\n" + test + "\\ncheck(ENTRY_POINT)\\n"``.
+    """
+    return run_program(build_program(problem, completion), timeout_s=timeout_s, memory_mb=memory_mb)
+
+
+def build_program(problem: dict, completion: str) -> str:
+    """``prompt + completion + "\\n" + test + "\\ncheck(ENTRY_POINT)\\n"``: the program :func:`check` runs."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n"
+
+
+class EvalCache:
+    """Generations by prompt text and sandbox results by program text, shared across problem sets.
+
+    Many ReCode transforms leave some prompts unchanged, and greedy decoding is deterministic,
+    so each distinct prompt is generated (and each distinct program run) once.
+    """
+
+    def __init__(self) -> None:
+        self.generations: dict[tuple[str, int], tuple[str, dict]] = {}
+        self.checks: dict[str, SandboxResult] = {}  # by the program :func:`build_program` writes
+
+
+def _pct(passed: int, n: int) -> float:
+    return round(100.0 * passed / n, 2) if n else 0.0
+
+
+def evaluate_humaneval(loaded, problems: list[dict], progress: Callable[[Iterable], Iterable] | None = None,
+                       max_new_tokens: int = 300, timeout_s: float = 10.0, memory_mb: int = 1024,
+                       cache: EvalCache | None = None) -> dict:
+    """Greedy pass@1 of ``loaded`` on ``problems`` (one at a time).
+
+    Args:
+        loaded: a :class:`pocketpilot.runtime.LoadedModel`.
+        problems: rows from :func:`load_problems` (or a perturbed set).
+        progress: optional wrapper such as ``tqdm`` around the problem iterator.
+        max_new_tokens: most tokens per completion.
+        timeout_s, memory_mb: sandbox limits per problem (see :func:`.sandbox.run_program`).
+        cache: generations and sandbox results to reuse and extend (default: a fresh one).
+
+    Returns:
+        ``{"n", "pass@1", "results", "gen_ms_total"}``: pass@1 in percent; ``results`` lists
+        ``{"task_id", "status", "new_tokens", "ms", "cached"}`` (``ms``: generation time;
+        ``cached``: the completion was reused); ``gen_ms_total``: time spent generating in
+        this call (ms; cached completions cost nothing).
+    """
+    cache = cache if cache is not None else EvalCache()
+    results, passed, gen_ms = [], 0, 0.0
+    for prob in progress(problems) if progress else problems:
+        key = (prob["prompt"], max_new_tokens)
+        cached = key in cache.generations
+        if not cached:
+            cache.generations[key] = generate(loaded, prob["prompt"], max_new_tokens=max_new_tokens)
+            gen_ms += cache.generations[key][1]["ms"]
+        completion, stats = cache.generations[key]
+        program = build_program(prob, completion)  # prompt, test, entry point and completion
+        if program not in cache.checks:
+            cache.checks[program] = check(prob, completion, timeout_s=timeout_s, memory_mb=memory_mb)
+        res = cache.checks[program]
+        passed += res.passed
+        results.append({"task_id": prob["task_id"], "status": res.status, "new_tokens": stats["new_tokens"],
+                        "ms": stats["ms"], "cached": cached})
+    return {"n": len(results), "pass@1": _pct(passed, len(results)), "results": results,
+            "gen_ms_total": round(gen_ms, 1)}
+
+
+def recode_sets(folder: Path | None = None) -> dict[str, dict[str, Path]]:
+    """The perturbed ReCode files: ``{category: {transform: path}}`` (seed 0)."""
+    folder = Path(folder) if folder is not None else _recode_dir()
+    sets: dict[str, dict[str, Path]] = {}
+    for path in sorted((folder / "perturbed").glob("*.jsonl")):
+        m = _PERTURBED_RE.match(path.name)
+        if m:
+            sets.setdefault(m["category"], {})[m["transform"]] = path
+    if not sets:
+        raise PocketPilotError(f"no perturbed ReCode files in {folder / 'perturbed'}; "
+                               f"set {DATA_ENV} to the folder that holds recode/")
+    return sets
+
+
+def evaluate_recode(loaded, categories: list[str] | None = None, transforms: list[str] | None = None,
+                    limit: int | None = None, progress: Callable[[Iterable], Iterable] | None = None,
+                    cache: EvalCache | None = None, **kw) -> dict:
+    """ReCode robustness (Wang et al., 2022, "ReCode: Robustness Evaluation of Code Generation
+    Models", arXiv:2212.10264): greedy pass@1 on nominal and perturbed HumanEval prompts.
+
+    Args:
+        loaded: a :class:`pocketpilot.runtime.LoadedModel`.
+        categories: ReCode categories (``format``, ``func_name``, ``natgen``, ``nlaugmenter``);
+            default all.
+        transforms: keep only these transforms (names as in the file names, e.g.
+            ``"tab_indent"``, ``"FuncRenameCamelCase"``); default all of the chosen categories.
+        limit: evaluate only the first ``limit`` task ids of HumanEval, in every set.
+        progress: optional wrapper such as ``tqdm`` around each set's problem iterator.
+        cache: generations and sandbox results to reuse and extend (e.g. from a HumanEval run).
+        **kw: ``max_new_tokens``, ``timeout_s``, ``memory_mb`` for :func:`evaluate_humaneval`.
+
+    Returns:
+        ``{"n", "nominal", "partial_nominal", "perturbed", "categories", "details",
+        "generations", "gen_ms_total"}``: ``nominal`` is pass@1 (percent) on ``HumanEval.jsonl``;
+        ``partial_nominal`` on ``humaneval_partial.jsonl`` (``None`` unless a
+        :data:`PARTIAL_CATEGORIES` category is chosen); ``perturbed`` maps
+        ``"category/transform"`` to pass@1; ``categories`` maps each category to
+        ``{"nominal", "mean", "worst", "drop_mean", "drop_worst", "sets": {transform: pass@1}}``
+        where drops are nominal minus perturbed pass@1 in percentage points (``format`` and
+        ``natgen`` against the partial-code nominal); ``details`` holds the
+        :func:`evaluate_humaneval` result of each set (``"nominal"``, ``"partial"``,
+        ``"category/transform"``); ``generations`` counts distinct prompts generated.
+
+    Raises:
+        PocketPilotError: unknown category or transform, or missing data.
+    """
+    folder = _recode_dir()
+    available = recode_sets(folder)
+    chosen = list(available) if categories is None else list(dict.fromkeys(categories))
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        raise PocketPilotError(f"unknown ReCode categor{'y' if len(unknown) == 1 else 'ies'} "
+                               f"{', '.join(unknown)}; available: {', '.join(sorted(available))}")
+    if transforms is not None:
+        names = {t for c in chosen for t in available[c]}
+        bad = [t for t in transforms if t not in names]
+        if bad:
+            raise PocketPilotError(f"unknown ReCode transform {', '.join(bad)} for {', '.join(chosen)}; "
+                                   f"available: {', '.join(sorted(names))}")
+    nominal_rows = load_problems(folder / "HumanEval.jsonl")
+    keep = [r["task_id"] for r in nominal_rows][:limit] if limit is not None else None
+
+    def restrict(rows: list[dict]) -> list[dict]:
+        if keep is None:
+            return rows
+        by_id = {r["task_id"]: r for r in rows}
+        return [by_id[t] for t in keep if t in by_id]
+
+    cache = cache if cache is not None else EvalCache()
+    details: dict[str, dict] = {}
+
+    def run(name: str, rows: list[dict]) -> float:
+        details[name] = evaluate_humaneval(loaded, restrict(rows), progress=progress, cache=cache, **kw)
+        return details[name]["pass@1"]
+
+    nominal = run("nominal", nominal_rows)
+    partial = None
+    if any(c in PARTIAL_CATEGORIES for c in chosen):
+        partial = run("partial", _read_jsonl(folder / "humaneval_partial.jsonl"))
+    perturbed, cats = {}, {}
+    for cat in chosen:
+        base = partial if cat in PARTIAL_CATEGORIES else nominal
+        sets = {}
+        for transform, path in available[cat].items():
+            if transforms is None or transform in transforms:
+                sets[transform] = perturbed[f"{cat}/{transform}"] = run(f"{cat}/{transform}", _read_jsonl(path))
+        if not sets:
+            continue
+        mean, worst = statistics.fmean(sets.values()), min(sets.values())
+        cats[cat] = {"nominal": base, "mean": round(mean, 2), "worst": worst,
+                     "drop_mean": round(base - mean, 2), "drop_worst": round(base - worst, 2), "sets": sets}
+    return {
+        "n": details["nominal"]["n"],
+        "nominal": nominal,
+        "partial_nominal": partial,
+        "perturbed": perturbed,
+        "categories": cats,
+        "details": details,
+        "generations": len(cache.generations),
+        "gen_ms_total": round(sum(d["gen_ms_total"] for d in details.values()), 1),
+    }

@@ -1,0 +1,221 @@
+"""HumanEval pass@1 and ReCode robustness: sandbox, checking, pass@k, generation stops, aggregation."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pocketpilot.errors import PocketPilotError
+from pocketpilot.evaluation import humaneval as he
+from pocketpilot.evaluation.sandbox import run_program
+
+# ---------------------------------------------------------------- sandbox
+
+
+def test_sandbox_passes_and_fails():
+    ok = run_program("assert sum([1, 2]) == 3\n")
+    assert (ok.status, ok.passed) == ("passed", True)
+    bad = run_program("assert sum([1, 2]) == 4, 'wrong sum'\n")
+    assert (bad.status, bad.passed) == ("failed", False)
+    assert bad.detail == "AssertionError: wrong sum"
+    err = run_program("def f(:\n")
+    assert err.status == "error" and "SyntaxError" in err.detail
+
+
+def test_sandbox_runs_in_another_process_and_temp_dir():
+    prog = (f"import os\nassert os.getpid() != {os.getpid()}\nassert os.getcwd() != {os.getcwd()!r}\n"
+            "raise ValueError(os.getcwd())\n")
+    res = run_program(prog)
+    assert res.status == "error" and res.detail.startswith("ValueError: ")
+    workdir = res.detail.split(": ", 1)[1]
+    assert "pocketpilot-sandbox-" in workdir and not Path(workdir).exists()
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_sandbox_timeout_kills_the_process_group(tmp_path):
+    pidfile = tmp_path / "pid"
+    prog = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "while True:\n    pass\n"
+    )
+    t0 = time.perf_counter()
+    res = run_program(prog, timeout_s=1.0)
+    assert time.perf_counter() - t0 < 5
+    assert (res.status, res.passed) == ("timeout", False)
+    assert 900 < res.ms < 5000
+    pid = int(pidfile.read_text())
+    deadline = time.time() + 3
+    while not _gone_or_zombie(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _gone_or_zombie(pid), "the helper the program started survived the timeout"
+
+
+def test_sandbox_memory_bombs_and_caller_unaffected():
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    big = run_program("x = bytearray(4 << 30)\n")
+    assert (big.status, big.passed) == ("memory", False)
+    grow = run_program("x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n", memory_mb=256)
+    assert grow.status == "memory"
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    buf = bytearray(300 << 20)  # more than the child's 256 MiB limit: the limit stayed in the child
+    assert len(buf) == 300 << 20
+
+
+# ---------------------------------------------------------------- problems and checking
+
+
+def test_canonical_solutions_pass_and_empty_bodies_fail():
+    problems = he.load_problems(limit=5)
+    assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(5)]
+    for p in problems:
+        assert he.check(p, p["canonical_solution"]).status == "passed", p["task_id"]
+        res = he.check(p, "    pass\n")
+        assert not res.passed and res.status in ("failed", "error"), (p["task_id"], res)
+
+
+def test_missing_data_folder_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETPILOT_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(PocketPilotError) as info:
+        he.load_problems()
+    msg = str(info.value)
+    assert "POCKETPILOT_DATA" in msg and "nowhere" in msg and "\n" not in msg
+
+
+def test_pass_at_k_hand_computed():
+    assert he.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert he.pass_at_k(1, 1, 1) == 1.0 and he.pass_at_k(1, 0, 1) == 0.0
+    assert he.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert he.pass_at_k(4, 1, 3) == pytest.approx(0.75)  # 1 - C(3,3)/C(4,3)
+    assert he.pass_at_k(20, 5, 10) == pytest.approx(1 - 3003 / 184756)  # 1 - C(15,10)/C(20,10)
+    assert he.pass_at_k(10, 8, 3) == 1.0  # fewer than k wrong samples
+    with pytest.raises(ValueError):
+        he.pass_at_k(3, 4, 1)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_truncate_completion():
+    assert he.truncate_completion("    return 1\n\ndef g():\n    pass\n") == "    return 1\n"
+    assert he.truncate_completion("    x = 1\nprint(x)\n") == "    x = 1"
+    assert he.truncate_completion("    x = 1\n# done\n") == "    x = 1"
+    assert he.truncate_completion("    x = 1\nfoo = 2\n") == "    x = 1"  # any unindented line
+    assert he.truncate_completion("\tif x:\n\n\t\treturn x\n") == "\tif x:\n\n\t\treturn x\n"
+    assert he.truncate_completion("def g():\n", at_line_start=True) == ""
+    assert he.truncate_completion(" a + b\n", at_line_start=False) == " a + b\n"
+
+
+@pytest.fixture(scope="module", params=["float", "int8"])
+def tiny_loaded(request):
+    from pocketpilot.runtime.loader import load_model_folder
+
+    if request.param == "float":
+        return load_model_folder(request.getfixturevalue("tiny_teacher"))
+    from pocketpilot.compression.api import load_artifact
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("POCKETPILOT_HOME", str(request.getfixturevalue("tiny_home")))
+    try:
+        loaded = load_artifact(None)
+    finally:
+        mp.undo()
+    assert loaded.quantization is not None
+    return loaded
+
+
+def test_generate_stops(tiny_loaded, monkeypatch):
+    # EOS: the tiny teacher writes "\n    return a + b\n" then <|endoftext|> (7 tokens)
+    text, stats = he.generate(tiny_loaded, "def add(a, b):", max_new_tokens=40)
+    assert text == "\n    return a + b\n" and stats["new_tokens"] == 7 and stats["ms"] > 0
+    # an indented `def` is part of the body; the whole class is written, up to EOS
+    text, _ = he.generate(tiny_loaded, "class Point:", max_new_tokens=40)
+    assert "    def __init__(self, x, y):" in text and text.endswith("self.y = y\n")
+    # an unindented line ends the body: "\npath = ..." (15 tokens unstopped) stops at once
+    text, stats = he.generate(tiny_loaded, "import os", max_new_tokens=40)
+    assert text == "" and stats["new_tokens"] <= 3
+    # stop_strings: with " + " as a stop sequence decoding ends inside the line
+    monkeypatch.setattr(he, "STOP_SEQUENCES", he.STOP_SEQUENCES + [" + "])
+    text, stats = he.generate(tiny_loaded, "def add(a, b):", max_new_tokens=40)
+    assert text == "\n    return a" and stats["new_tokens"] < 7
+
+
+# ---------------------------------------------------------------- ReCode aggregation
+
+
+def test_evaluate_recode_figures_and_cache(monkeypatch):
+    recode = he.data_dir() / "recode"
+    sets = he.recode_sets()
+    rows = he.load_problems(limit=2) + he.load_problems(recode / "humaneval_partial.jsonl", limit=2)
+    for cat in ("func_name", "natgen"):
+        for path in sets[cat].values():
+            rows += he.load_problems(path, limit=2)
+    answer = {r["prompt"]: r["canonical_solution"] for r in rows}
+    partial0 = rows[2]["prompt"]
+    calls, runs = [], []
+
+    def fake_generate(loaded, prompt, max_new_tokens=300):
+        calls.append(prompt)
+        # right iff the function keeps its HumanEval name, except on the partial nominal of task 0
+        keeps = "def has_close_elements(" in prompt or "def separate_paren_groups(" in prompt
+        ok = keeps and prompt != partial0
+        return (answer[prompt] if ok else "    return None\n"), {"new_tokens": 3, "ms": 1.0}
+
+    real_run = he.run_program
+
+    def counting_run(program, **kw):
+        runs.append(program)
+        return real_run(program, **kw)
+
+    monkeypatch.setattr(he, "generate", fake_generate)
+    monkeypatch.setattr(he, "run_program", counting_run)
+    out = he.evaluate_recode(None, categories=["func_name", "natgen"], limit=2)
+
+    assert out["n"] == 2 and out["nominal"] == 100.0 and out["partial_nominal"] == 50.0
+    # func_name renames: both tasks renamed in 4 transforms, task 1 kept by SwapChar, both by SynonymSub
+    fn = out["categories"]["func_name"]
+    assert fn["sets"] == {"FuncRenameButterFinger": 0.0, "FuncRenameCamelCase": 0.0, "FuncRenameChangeChar": 0.0,
+                          "FuncRenameInflectionalVariation": 0.0, "FuncRenameSwapChar": 50.0,
+                          "FuncRenameSynonymSub": 100.0}
+    figures = ("nominal", "mean", "worst", "drop_mean", "drop_worst")
+    assert tuple(fn[k] for k in figures) == (100.0, 25.0, 0.0, 75.0, 100.0)
+    # natgen keeps names; ReCode's DeadCodeInserter prompt for task 0 has its dead code at module level
+    # (`return` outside a function), so that one fails whatever the completion. Drops vs the partial nominal.
+    ng = out["categories"]["natgen"]
+    assert ng["sets"]["DeadCodeInserter"] == 50.0 and len(ng["sets"]) == 7
+    assert all(v == 100.0 for k, v in ng["sets"].items() if k != "DeadCodeInserter")
+    assert tuple(ng[k] for k in figures) == (50.0, 92.86, 50.0, -42.86, 0.0)  # mean = (6 * 100 + 50) / 7
+    assert out["perturbed"]["func_name/FuncRenameSwapChar"] == 50.0
+    assert out["details"]["func_name/FuncRenameSynonymSub"]["results"][0]["cached"] is True
+    # cache: one generation per distinct prompt (27 of the 30 rows), one sandbox run per distinct program
+    distinct = {r["prompt"] for r in rows}
+    assert len(distinct) < len(rows)
+    assert len(calls) == len(set(calls)) == len(distinct) == out["generations"]
+    assert len(runs) == len(set(runs)) <= len(distinct)  # two wrong programs may coincide
+
+
+def test_unknown_category_lists_available():
+    with pytest.raises(PocketPilotError) as info:
+        he.evaluate_recode(None, categories=["natgen", "typos"])
+    msg = str(info.value)
+    assert "typos" in msg and all(c in msg for c in ("format", "func_name", "natgen", "nlaugmenter"))
+    with pytest.raises(PocketPilotError, match="available"):
+        he.evaluate_recode(None, categories=["natgen"], transforms=["NoSuchTransform"])
+
+
+def test_sandbox_uses_the_running_interpreter():
+    res = run_program(f"import sys\nassert sys.executable == {sys.executable!r}\nassert sys.flags.isolated\n")
+    assert res.passed, res.detail
