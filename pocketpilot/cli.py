@@ -244,9 +244,16 @@ def cmd_eval(args) -> int:
             print(f"{name or 'active'}: prefill {res['prompt_tokens']} tokens {res['prefill_ms']} ms, "
                   f"decode {res['decode_ms_per_token']} ms/token")
         return 0
-    from pocketpilot.evaluation.report import write_report
-    from pocketpilot.evaluation.runner import parse_suites, run_eval, slim
+    from pocketpilot.evaluation.runner import parse_suites, run_eval
 
+    if args.from_json:
+        try:
+            result = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as exc:
+            raise PocketPilotError(f"cannot read results {args.from_json}: {exc}; pass a file written by eval --json") from None
+        if not isinstance(result, dict) or "models" not in result:
+            raise PocketPilotError(f"{args.from_json} is not a file written by pocketpilot eval --json")
+        return _eval_output(args, result)
     suites = parse_suites(args.suite)
     models = (args.compare or []) + (args.models or [])
     tasks = read_tasks(Path(args.tasks)) if args.tasks else None
@@ -255,6 +262,13 @@ def cmd_eval(args) -> int:
                       codexglue_lang=args.codexglue_lang, codexglue_n=args.codexglue_n,
                       recode_categories=args.recode_categories.split(",") if args.recode_categories else None,
                       cost_completions=args.cost_completions, baseline=args.baseline)
+    return _eval_output(args, result)
+
+
+def _eval_output(args, result: dict) -> int:
+    from pocketpilot.evaluation.report import markdown, write_report
+    from pocketpilot.evaluation.runner import slim
+
     if args.json:
         _write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
     written = write_report(result, Path(args.report) if args.report else None,
@@ -263,8 +277,6 @@ def cmd_eval(args) -> int:
         print(f"plot {name}: {path}", file=sys.stderr)
     if args.report:
         print(f"report: {args.report}", file=sys.stderr)
-    from pocketpilot.evaluation.report import markdown
-
     print(markdown(slim(result)))
     return 0
 
@@ -419,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cost-completions", type=int, default=20, help="completions timed by the cost suite (default 20)")
     e.add_argument("--baseline", choices=["llama.cpp"],
                    help="also run the first model's teacher GGUF through llama.cpp (pip install 'pocketpilot[bench]')")
+    e.add_argument("--from-json", metavar="FILE", help="run nothing: rewrite the report and plots from an eval --json file")
     e.add_argument("--out", help="make-tasks: output JSONL")
     e.add_argument("--json", metavar="OUT", help="write all results (with per-item predictions) as JSON")
     e.add_argument("--report", metavar="OUT.md", help="write a Markdown report (plots beside it)")

@@ -27,8 +27,8 @@ def _mb(v) -> str:
 
 
 def _latency(m: dict) -> float | None:
-    """One-line p50 (ms): from the cost suite if it ran, else from the line-completion suite."""
-    return (m.get("cost") or {}).get("latency_ms_p50") or (m.get("lines") or {}).get("latency_ms_p50")
+    """One-line p50 (ms) on the same tasks as the ES: the line-completion suite's, else the cost suite's."""
+    return (m.get("lines") or {}).get("latency_ms_p50") or (m.get("cost") or {}).get("latency_ms_p50")
 
 
 def plot_pareto(result: dict, path: Path) -> Path | None:
@@ -54,6 +54,9 @@ def plot_pareto(result: dict, path: Path) -> Path | None:
     front = pareto_front([(r[1], r[2]) for r in rows])
     ax.step([rows[i][1] for i in front], [rows[i][2] for i in front], where="post", color="tab:red",
             linewidth=1, label="Pareto front")
+    lo, hi = min(r[2] for r in rows), max(r[2] for r in rows)
+    pad = max(1.0, (5.0 - (hi - lo)) / 2)  # ES differences under a point still show as such
+    ax.set_ylim(lo - pad, hi + pad)
     ax.set_xscale("log")
     ax.set_xlabel("one-line completion p50 latency, ms (log)")
     ax.set_ylabel("edit similarity (ES, 0-100)")
@@ -107,7 +110,7 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
     out.append("")
     if any(m.get("lines") for m in models.values()):
         out += ["## Line completion on raw code", "",
-                "| model | size MB | ES | EM % | p50 ms | p95 ms | decode ms/token |", "|---|---:|---:|---:|---:|---:|---:|"]
+                "| model | weights MB | ES | EM % | p50 ms | p95 ms | decode ms/token |", "|---|---:|---:|---:|---:|---:|---:|"]
         for label, m in models.items():
             r = m.get("lines") or {}
             if r:
@@ -176,7 +179,8 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
         out += ["", "Value / reference: above 1 is better for ES, EM and pass@1, below 1 is better for latency, "
                 "memory, energy and size.", ""]
     for name, path in (plots or {}).items():
-        shown = path.relative_to(relative_to) if relative_to and path.is_relative_to(relative_to) else path
+        full = path.resolve()
+        shown = full.relative_to(relative_to) if relative_to and full.is_relative_to(relative_to) else path
         out += [f"![{name}]({shown})", ""]
     return "\n".join(out)
 

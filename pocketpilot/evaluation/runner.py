@@ -128,8 +128,9 @@ def run_eval(
             root = default_source_dir()
             tasks = make_tasks(root, n=n, seed=seed, files=held_out_files([root]) if held_out else None)
             tasks_label = f"{len(tasks)} tasks cut from the Python standard library{' (held-out files)' if held_out else ''}, seed {seed}"
-        if limit:
+        if limit and len(tasks) > limit:
             tasks = tasks[:limit]
+            tasks_label = f"{tasks_label} (first {limit})"
     examples = problems = None
     if "codexglue" in suites or (baseline and "codexglue" in suites):
         from pocketpilot.evaluation.codexglue import load_examples

@@ -84,6 +84,8 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
             if dtype is None:
                 dtype = _config_dtype(config)
             bnb = "quantization_config" in json.loads((folder / "config.json").read_text())
+            if bnb:  # bitsandbytes logs a cast warning on every LLM.int8 matmul on CPU
+                logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
                                                          **({"device_map": device} if bnb else {}))
             if not bnb and device != "cpu":

@@ -68,6 +68,14 @@ def test_full_tiny_eval_writes_json_markdown_and_png(tmp_path, tiny_home, monkey
     png = (report.parent / "r-pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "## Line completion on raw code" in capsys.readouterr().out  # the report also goes to stdout
+    # the report can be rewritten from the JSON without running anything
+    again = tmp_path / "again.md"
+    assert main(["eval", "--from-json", str(out), "--report", str(again)]) == 0
+    assert again.read_text() == text.replace("r-pareto.png", "again-pareto.png").replace("r-recode.png", "again-recode.png")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["eval", "--from-json", str(bad)]) == 2
+    assert "is not a file written by pocketpilot eval --json" in capsys.readouterr().err
 
 
 def test_markdown_without_optional_suites():

@@ -154,3 +154,38 @@ def test_new_settings_parse_and_reach_the_engine():
     e = s.engine_settings()
     assert not e.multiline and e.kv_cache_mb == 0
     assert ServerSettings.parse({"multiline": 1})[1] == ["setting 'multiline' must be true or false, got 1; using True"]
+
+
+async def test_compress_command_without_teacher_or_method_chooses_for_this_machine(ls, monkeypatch):
+    """The first run / the editor's "Compress Model for This Machine" sends no teacher or method."""
+    import pocketpilot.compression as compression
+    import pocketpilot.compression.recipe as recipe
+    from pocketpilot.lsp_server import server as srv
+
+    calls = []
+
+    class Result:
+        artifact_id = "chosen-int8"
+
+        def summary(self):
+            return {"artifact_id": self.artifact_id}
+
+    def fake_for_machine(budget_ms, **kw):
+        calls.append(("machine", budget_ms))
+        return Result(), None
+
+    def fake_compress(teacher, method, **kw):
+        calls.append(("explicit", teacher, method))
+        return Result()
+
+    async def no_load():
+        calls.append(("load", ls.settings.artifact))
+
+    monkeypatch.setattr(recipe, "compress_for_this_machine", fake_for_machine)
+    monkeypatch.setattr(compression, "compress", fake_compress)
+    monkeypatch.setattr(ls, "load_model", no_load)
+    monkeypatch.setattr(PocketPilotServer, "client_capabilities", None, raising=False)
+    assert (await srv.compress_command(ls, {"budgetMs": 150}))["artifact_id"] == "chosen-int8"
+    assert (await srv.compress_command(ls, {"teacher": "smollm2-135m"}))["ok"]
+    assert calls == [("machine", 150.0), ("load", "chosen-int8"), ("explicit", "smollm2-135m", "int8"),
+                     ("load", "chosen-int8")]
