@@ -142,18 +142,25 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
     is cut at the first stop. A prompt longer than the model's context minus
     ``max_new_tokens`` keeps its last tokens.
 
+    Trailing whitespace is removed from the prompt first and the completion continues the
+    stripped prompt (the bigcode-evaluation-harness convention): tokenizers such as SmolLM2's
+    merge a newline with the next line's indentation, so a prompt ending in a bare newline is
+    a token split the model never saw, and it answers with a chat-style end of code block.
+
     Args:
         loaded: a :class:`pocketpilot.runtime.LoadedModel` (float or int8).
         prompt: HumanEval-style prompt (signature and docstring, maybe partial code).
         max_new_tokens: most tokens decoded.
 
     Returns:
-        ``(completion, {"new_tokens", "ms"})``: tokens decoded (EOS included) and wall time (ms).
+        ``(completion, {"new_tokens", "ms"})``: the text that follows ``prompt.rstrip()``, tokens
+        decoded (EOS included) and wall time (ms).
     """
     import torch
     from transformers import StoppingCriteriaList
 
     tok, model = loaded.tokenizer, loaded.model
+    prompt = prompt.rstrip()
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     n_ctx = getattr(model.config, "max_position_embeddings", None)
     if n_ctx and ids.shape[1] > n_ctx - max_new_tokens:
@@ -183,14 +190,20 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
 def check(problem: dict, completion: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> SandboxResult:
     """Run ``problem``'s tests on ``prompt + completion`` in the sandbox.
 
-    The program is ``prompt + completion + "\\n" + test + "\\ncheck(ENTRY_POINT)\\n"``.
+    The program is ``prompt.rstrip() + completion + "\\n" + test + "\\ncheck(ENTRY_POINT)\\n"``.
     """
     return run_program(build_program(problem, completion), timeout_s=timeout_s, memory_mb=memory_mb)
 
 
+def as_completion(prompt: str, body: str) -> str:
+    """``body`` written after the full ``prompt`` (e.g. a canonical solution), as a completion of ``prompt.rstrip()``."""
+    return prompt[len(prompt.rstrip()):] + body
+
+
 def build_program(problem: dict, completion: str) -> str:
-    """``prompt + completion + "\\n" + test + "\\ncheck(ENTRY_POINT)\\n"``: the program :func:`check` runs."""
-    return problem["prompt"] + completion + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n"
+    """``prompt.rstrip() + completion + "\\n" + test + "\\ncheck(ENTRY_POINT)\\n"``: the program :func:`check` runs
+    (completions continue the stripped prompt, see :func:`generate`)."""
+    return problem["prompt"].rstrip() + completion + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n"
 
 
 class EvalCache:

@@ -82,8 +82,9 @@ def test_canonical_solutions_pass_and_empty_bodies_fail():
     problems = he.load_problems(limit=5)
     assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(5)]
     for p in problems:
-        assert he.check(p, p["canonical_solution"]).status == "passed", p["task_id"]
-        res = he.check(p, "    pass\n")
+        assert he.check(p, he.as_completion(p["prompt"], p["canonical_solution"])).status == "passed", p["task_id"]
+        assert he.check(p, p["canonical_solution"]).status != "passed"  # completions continue the stripped prompt
+        res = he.check(p, he.as_completion(p["prompt"], "    pass\n"))
         assert not res.passed and res.status in ("failed", "error"), (p["task_id"], res)
 
 
@@ -172,7 +173,8 @@ def test_evaluate_recode_figures_and_cache(monkeypatch):
         # right iff the function keeps its HumanEval name, except on the partial nominal of task 0
         keeps = "def has_close_elements(" in prompt or "def separate_paren_groups(" in prompt
         ok = keeps and prompt != partial0
-        return (answer[prompt] if ok else "    return None\n"), {"new_tokens": 3, "ms": 1.0}
+        body = answer[prompt] if ok else "    return None\n"
+        return he.as_completion(prompt, body), {"new_tokens": 3, "ms": 1.0}
 
     real_run = he.run_program
 
