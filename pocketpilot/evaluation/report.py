@@ -134,19 +134,20 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
             for c in (m.get("recode") or {}).get("categories", {}):
                 if c not in cats:
                     cats.append(c)
-        head = "| model | HumanEval | " + " | ".join(f"{c} mean (drop)" for c in cats) + " | worst-case drop |"
-        out += [head, "|---|---:|" + "---:|" * len(cats) + "---:|"]
+        cols = ["HumanEval"] + [f"{c} mean (drop)" for c in cats] + (["worst-case drop"] if cats else [])
+        out += ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for label, m in models.items():
             he, rec = m.get("humaneval") or {}, m.get("recode") or {}
             if not he and not rec:
                 continue
-            cells = []
+            cells = [_fmt(he.get("pass@1", rec.get("nominal")), ".1f")]
             for c in cats:
                 v = rec.get("categories", {}).get(c)
                 cells.append("-" if v is None else f"{v['mean']:.1f} ({v['drop_mean']:+.1f})")
-            worst = max((v["drop_worst"] for v in rec.get("categories", {}).values()), default=None)
-            out.append(f"| {label} | {_fmt(he.get('pass@1', rec.get('nominal')), '.1f')} | " + " | ".join(cells)
-                       + f" | {_fmt(worst, '.1f')} |")
+            if cats:
+                worst = max((v["drop_worst"] for v in rec.get("categories", {}).values()), default=None)
+                cells.append(_fmt(worst, ".1f"))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
         out += ["", "Drop = nominal minus perturbed pass@1, percentage points (ReCode, Wang et al. 2022); "
                 "`format` and `natgen` are measured against the partial-code nominal.", ""]
     if any(m.get("cost") for m in models.values()):

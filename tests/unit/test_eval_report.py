@@ -145,3 +145,10 @@ def test_teacher_gguf_needs_a_gguf_teacher(tmp_path, pp_home):
     assert teacher_gguf(str(g)) == g.resolve()
     with pytest.raises(FetchError, match="has no GGUF file"):
         teacher_gguf("hf:org/model")
+
+
+def test_markdown_humaneval_without_recode_has_no_empty_columns():
+    res = {"config": {"suites": ["humaneval"], "seed": 0, "limit": None}, "wall_s": 1.0, "ratios": {},
+           "models": {"a": {"humaneval": {"n": 164, "pass@1": 12.2}}}}
+    md = markdown(res)
+    assert "| model | HumanEval |\n|---|---:|\n| a | 12.2 |" in md
