@@ -142,10 +142,12 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
     is cut at the first stop. A prompt longer than the model's context minus
     ``max_new_tokens`` keeps its last tokens.
 
-    Trailing whitespace is removed from the prompt first and the completion continues the
-    stripped prompt (the bigcode-evaluation-harness convention): tokenizers such as SmolLM2's
-    merge a newline with the next line's indentation, so a prompt ending in a bare newline is
-    a token split the model never saw, and it answers with a chat-style end of code block.
+    Token boundary: tokenizers such as SmolLM2's merge a newline with the next line's
+    indentation, so a prompt ending in a bare newline is a token split the model never saw (it
+    answers with a chat-style end of code block). When the prompt's tokens are not a prefix of
+    the tokens of the prompt followed by an indented line, the trailing whitespace is removed
+    before generating (as the bigcode-evaluation-harness does); otherwise (Qwen has one token for
+    closing quotes plus newline) the prompt is kept, since stripping it makes such models end the function.
 
     Args:
         loaded: a :class:`pocketpilot.runtime.LoadedModel` (float or int8).
@@ -160,7 +162,9 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
     from transformers import StoppingCriteriaList
 
     tok, model = loaded.tokenizer, loaded.model
-    prompt = prompt.rstrip()
+    stripped = prompt.rstrip()
+    tail = "" if _natural_boundary(tok, prompt) else prompt[len(stripped):]
+    prompt = prompt[: len(prompt) - len(tail)]
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     n_ctx = getattr(model.config, "max_position_embeddings", None)
     if n_ctx and ids.shape[1] > n_ctx - max_new_tokens:
@@ -184,7 +188,16 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
     ms = (time.perf_counter() - t0) * 1000
     new = out[0, prompt_len:]
     text = tok.decode(new, skip_special_tokens=True)
-    return truncate_completion(text, at_line_start), {"new_tokens": int(new.shape[0]), "ms": round(ms, 1)}
+    completion = prompt[len(stripped):] + truncate_completion(text, at_line_start)  # continues prompt.rstrip()
+    return completion, {"new_tokens": int(new.shape[0]), "ms": round(ms, 1)}
+
+
+def _natural_boundary(tokenizer, prompt: str) -> bool:
+    """True if ``prompt`` ends on a token boundary the model sees in training: its tokens stay a
+    prefix of the tokens of ``prompt`` followed by an indented line."""
+    a = tokenizer.encode(prompt, add_special_tokens=False)
+    b = tokenizer.encode(prompt + "    pass\n", add_special_tokens=False)
+    return b[: len(a)] == a
 
 
 def check(problem: dict, completion: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> SandboxResult:

@@ -221,3 +221,19 @@ def test_unknown_category_lists_available():
 def test_sandbox_uses_the_running_interpreter():
     res = run_program(f"import sys\nassert sys.executable == {sys.executable!r}\nassert sys.flags.isolated\n")
     assert res.passed, res.detail
+
+
+def test_prompt_boundary_decides_whether_trailing_whitespace_is_stripped():
+    import re
+
+    class Merging:  # like SmolLM2: a newline and the next line's indentation are one token
+        def encode(self, text, add_special_tokens=False):
+            return re.findall(r"\n +|.", text, re.S)
+
+    class CharLevel:
+        def encode(self, text, add_special_tokens=False):
+            return list(text)
+
+    prompt = 'def f(x):\n    """doc"""\n'
+    assert not he._natural_boundary(Merging(), prompt)
+    assert he._natural_boundary(CharLevel(), prompt)
