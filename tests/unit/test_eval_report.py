@@ -37,7 +37,7 @@ def test_ratios_to_the_first_model():
     assert r["x"]["lines.es"] is None and r["x"]["size_bytes"] is None
 
 
-def test_full_tiny_eval_writes_json_markdown_and_png(tmp_path, tiny_home, monkeypatch, capsys):
+def test_full_tiny_eval_writes_json_markdown_and_png(tmp_path, tiny_home, monkeypatch, capsys, synthetic_data):
     from pocketpilot.cli import main
     from pocketpilot.compression import get_active
 

@@ -78,7 +78,7 @@ def test_sandbox_memory_bombs_and_caller_unaffected():
 # ---------------------------------------------------------------- problems and checking
 
 
-def test_canonical_solutions_pass_and_empty_bodies_fail():
+def test_canonical_solutions_pass_and_empty_bodies_fail(shared_data):
     problems = he.load_problems(limit=5)
     assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(5)]
     for p in problems:
@@ -157,7 +157,7 @@ def test_generate_stops(tiny_loaded, monkeypatch):
 # ---------------------------------------------------------------- ReCode aggregation
 
 
-def test_evaluate_recode_figures_and_cache(monkeypatch):
+def test_evaluate_recode_figures_and_cache(monkeypatch, shared_data):
     recode = he.data_dir() / "recode"
     sets = he.recode_sets()
     rows = he.load_problems(limit=2) + he.load_problems(recode / "humaneval_partial.jsonl", limit=2)
@@ -209,7 +209,7 @@ def test_evaluate_recode_figures_and_cache(monkeypatch):
     assert len(runs) == len(set(runs)) <= len(distinct)  # two wrong programs may coincide
 
 
-def test_unknown_category_lists_available():
+def test_unknown_category_lists_available(shared_data):
     with pytest.raises(PocketPilotError) as info:
         he.evaluate_recode(None, categories=["natgen", "typos"])
     msg = str(info.value)

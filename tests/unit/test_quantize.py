@@ -78,7 +78,7 @@ def test_cache_reuse_force_and_list(pp_home, tiny_teacher):
 def test_unknown_teacher_and_method_write_nothing(pp_home, tiny_teacher):
     with pytest.raises(UnknownTeacherError, match="packaged alias"):
         compress("no-such-model", "int8")
-    with pytest.raises(UnknownMethodError, match="supported: none, bf16, int8"):
+    with pytest.raises(UnknownMethodError, match="supported: none, bf16, bnb-int8, bnb-nf4, int8"):
         compress(str(tiny_teacher), "int3")
     with pytest.raises(UnknownTeacherError, match="not found"):
         compress("./missing/model.gguf")
