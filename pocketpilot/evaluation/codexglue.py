@@ -30,7 +30,6 @@ import io
 import json
 import random
 import re
-import statistics
 import tokenize
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Callable, Iterable
 from pocketpilot.errors import PocketPilotError
 from pocketpilot.evaluation.data import DATA_ENV
 from pocketpilot.evaluation.data import data_dir as _data_dir
-from pocketpilot.evaluation.line_completion import percentile
+from pocketpilot.evaluation.line_completion import summarize
 from pocketpilot.evaluation.metrics import edit_similarity, exact_match
 from pocketpilot.runtime.postprocess import first_line
 
@@ -383,12 +382,4 @@ def evaluate_codexglue(engine, examples: list[dict],
         es, em = official_scores(pred, ex["gt"])
         rows.append({"id": ex.get("id"), "pred": denormalize(pred), "gt": denormalize(ex["gt"]), "es": es, "em": em})
         lat.append(c.total_ms)
-    n = len(rows)
-    return {
-        "n": n,
-        "es": round(statistics.fmean(r["es"] for r in rows), 2) if n else 0.0,
-        "em": round(100 * sum(r["em"] for r in rows) / n, 2) if n else 0.0,
-        "latency_ms_p50": round(statistics.median(lat), 1) if lat else None,
-        "latency_ms_p95": round(percentile(lat, 95), 1) if lat else None,
-        "predictions": rows,
-    }
+    return summarize(rows, lat)

@@ -32,6 +32,15 @@ def evaluate_lines(engine, tasks: list[dict], progress: Callable[[Iterable], Ite
         lat.append(c.total_ms)
         if c.new_tokens > 1:
             decode_tok.append(c.decode_ms / (c.new_tokens - 1))
+    out = summarize(rows, lat)
+    out["decode_ms_per_token"] = round(statistics.median(decode_tok), 2) if decode_tok else None
+    out["predictions"] = out.pop("predictions")  # keep the long list last in JSON
+    return out
+
+
+def summarize(rows: list[dict], lat: list[float]) -> dict:
+    """``{"n", "es", "em", "latency_ms_p50", "latency_ms_p95", "predictions"}`` from scored rows
+    (``{"es", "em", ...}``) and latencies (ms): ES averaged (0-100), EM in percent, both to 2 decimals."""
     n = len(rows)
     return {
         "n": n,
@@ -39,7 +48,6 @@ def evaluate_lines(engine, tasks: list[dict], progress: Callable[[Iterable], Ite
         "em": round(100 * sum(r["em"] for r in rows) / n, 2) if n else 0.0,
         "latency_ms_p50": round(statistics.median(lat), 1) if lat else None,
         "latency_ms_p95": round(percentile(lat, 95), 1) if lat else None,
-        "decode_ms_per_token": round(statistics.median(decode_tok), 2) if decode_tok else None,
         "predictions": rows,
     }
 
