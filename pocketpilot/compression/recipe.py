@@ -293,6 +293,8 @@ def _method(name: str) -> MethodShape:
 
 def _method_linear(method: str, lin):
     """``(layer, input)``: ``lin`` as ``method`` stores it, and a one-row input; ``(None, None)`` if unsupported."""
+    import copy
+
     import torch
 
     from pocketpilot.runtime.qlinear import Int8Linear
@@ -301,20 +303,13 @@ def _method_linear(method: str, lin):
     if method == "none":
         return lin, x
     if method == "bf16":
-        return copy_linear(lin).to(torch.bfloat16), x.to(torch.bfloat16)
+        return copy.deepcopy(lin).to(torch.bfloat16), x.to(torch.bfloat16)
     if method == "int8":
         return Int8Linear.from_linear(lin), x.to(torch.bfloat16)
     if method in ("bnb-int8", "bnb-nf4"):
         layer = _bnb_linear(method, lin)
         return (layer, x.to(torch.bfloat16) if method == "bnb-nf4" else x) if layer is not None else (None, None)
     return None, None
-
-
-def copy_linear(lin):
-    """A float copy of an ``nn.Linear``."""
-    import copy
-
-    return copy.deepcopy(lin)
 
 
 def _bnb_linear(method: str, lin):

@@ -132,7 +132,7 @@ def run_eval(
             tasks = tasks[:limit]
             tasks_label = f"{tasks_label} (first {limit})"
     examples = problems = None
-    if "codexglue" in suites or (baseline and "codexglue" in suites):
+    if "codexglue" in suites:
         from pocketpilot.evaluation.codexglue import load_examples
 
         examples = load_examples(codexglue_lang, limit=min(codexglue_n, limit or codexglue_n), seed=seed)
@@ -172,6 +172,14 @@ def run_eval(
     return out
 
 
+def _timed(fn, *args, **kw) -> dict:
+    """``fn(*args, **kw)`` (a suite's result dict) with its wall time added as ``wall_s`` (s)."""
+    t0 = time.perf_counter()
+    res = fn(*args, **kw)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
 def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categories, limit, label, log) -> dict:
     from pocketpilot.runtime import CompletionEngine
 
@@ -180,17 +188,13 @@ def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categori
     if "lines" in suites:
         from pocketpilot.evaluation.line_completion import evaluate_lines
 
-        t0 = time.perf_counter()
-        res["lines"] = evaluate_lines(engine, tasks, progress=_tqdm(f"{label} lines"))
-        res["lines"]["wall_s"] = round(time.perf_counter() - t0, 1)
+        res["lines"] = _timed(evaluate_lines, engine, tasks, progress=_tqdm(f"{label} lines"))
         log(f"   lines: n={res['lines']['n']} ES {res['lines']['es']:.2f} EM {res['lines']['em']:.2f}% "
             f"p50 {res['lines']['latency_ms_p50']} ms ({res['lines']['wall_s']} s)")
     if "codexglue" in suites:
         from pocketpilot.evaluation.codexglue import evaluate_codexglue
 
-        t0 = time.perf_counter()
-        res["codexglue"] = evaluate_codexglue(engine, examples, progress=_tqdm(f"{label} codexglue"))
-        res["codexglue"]["wall_s"] = round(time.perf_counter() - t0, 1)
+        res["codexglue"] = _timed(evaluate_codexglue, engine, examples, progress=_tqdm(f"{label} codexglue"))
         log(f"   codexglue: n={res['codexglue']['n']} ES {res['codexglue']['es']:.2f} EM {res['codexglue']['em']:.2f}% "
             f"({res['codexglue']['wall_s']} s)")
     if "humaneval" in suites or "recode" in suites:
@@ -198,17 +202,13 @@ def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categori
 
         cache = EvalCache()  # nominal HumanEval generations are reused by ReCode's nominal set
         if "humaneval" in suites:
-            t0 = time.perf_counter()
-            res["humaneval"] = evaluate_humaneval(loaded, problems, progress=_tqdm(f"{label} humaneval"), cache=cache)
-            res["humaneval"]["wall_s"] = round(time.perf_counter() - t0, 1)
+            res["humaneval"] = _timed(evaluate_humaneval, loaded, problems, progress=_tqdm(f"{label} humaneval"),
+                                      cache=cache)
             log(f"   humaneval: n={res['humaneval']['n']} pass@1 {res['humaneval']['pass@1']:.2f}% "
                 f"({res['humaneval']['wall_s']} s)")
         if "recode" in suites:
-            t0 = time.perf_counter()
-            rec = evaluate_recode(loaded, categories=recode_categories, limit=limit,
-                                  progress=_tqdm(f"{label} recode"), cache=cache)
-            rec["wall_s"] = round(time.perf_counter() - t0, 1)
-            res["recode"] = rec
+            rec = res["recode"] = _timed(evaluate_recode, loaded, categories=recode_categories, limit=limit,
+                                         progress=_tqdm(f"{label} recode"), cache=cache)
             log(f"   recode: nominal {rec['nominal']:.2f}%, " + ", ".join(
                 f"{c} mean {v['mean']:.1f} (drop {v['drop_mean']:+.1f})" for c, v in rec["categories"].items())
                 + f" ({rec['wall_s']} s)")
