@@ -1,4 +1,4 @@
-"""Command line: ``pocketpilot compress | doctor | distill | list | complete | serve | eval | bench``."""
+"""Command line: ``pocketpilot compress | doctor | distill | search | list | complete | serve | eval | bench``."""
 
 from __future__ import annotations
 
@@ -103,6 +103,60 @@ def cmd_doctor(args) -> int:
           f"({'met' if decision.meets_budget else 'not met'}, predicted)")
     print(f"why       {decision.reason}")
     print("build it  pocketpilot compress --for-this-machine" + (f" --budget-ms {args.budget_ms:g}" if args.budget_ms != 300 else ""))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from pocketpilot.compression import search
+
+    max_bytes = int(args.max_mb * 1e6) if args.max_mb is not None else None
+    if args.max_mb is not None and args.max_mb <= 0:
+        raise PocketPilotError(f"--max-mb must be positive; got {args.max_mb:g}")
+    quants = tuple(q.strip() for q in args.methods.split(",") if q.strip()) if args.methods else None
+    if args.explain:
+        import psutil
+        from transformers import AutoConfig
+
+        from pocketpilot.compression.teachers import fetch_teacher, parse_spec
+
+        teacher = fetch_teacher(parse_spec(args.teacher), _stderr_progress)
+        shape = search.shape_of(AutoConfig.from_pretrained(teacher.folder, local_files_only=True), args.teacher)
+        steps = tuple(s for s in search.DISTILL_STEPS if args.max_steps is None or s <= args.max_steps)
+        space = search.SearchSpace(shape, quants or search.available_quants(), steps=steps, max_bytes=max_bytes,
+                                   max_params=args.max_params, ram_bytes=psutil.virtual_memory().available,
+                                   min_layers=args.min_layers)
+        print(space.explain())
+        print(f"valid configurations: {len(space.enumerate())}")
+        return 0
+    state = search.run_search(args.teacher, evaluate=args.evaluate, tasks=args.tasks, seed=args.seed,
+                              max_bytes=max_bytes, max_params=args.max_params, min_layers=args.min_layers,
+                              max_steps=args.max_steps, quants=quants, references=tuple(args.reference),
+                              fresh=args.fresh, progress=_stderr_progress)
+    pick = search.pick_for_budget(state, args.budget_ms, max_bytes)
+    plot = search.plot(state, Path(args.plot) if args.plot else search.search_path(state["teacher_slug"]).with_suffix(".png"))
+    built = search.materialize(state, pick, _stderr_progress) if args.compress else None
+    if args.json:
+        print(json.dumps({"pick": {k: getattr(pick, k) for k in ("key", "artifact_id", "meets_budget", "reason", "measured")},
+                          "compressed": built.artifact_id if built else None, "plot": str(plot), "search": state},
+                         indent=2))
+        return 0
+    sp, pr, le = state["space"], state["predictor"], state["latency_model_error"]
+    print(f"search of {state['teacher']}: {sp['size']} valid configurations (Z3, {sp['enumerate_seconds']} s); "
+          f"{len(state['evaluated'])} built and measured on {state['tasks']['n']} held-out tasks")
+    print(search.table(state))
+    print(f"* = Pareto front (one-line latency, size, ES); plot: {plot}")
+    print(f"ES predictor ({pr['model']}): leave-one-out MAE {pr['loo_mae_es']}, out-of-sample MAE "
+          f"{pr['out_of_sample_mae_es']} over {pr['out_of_sample_n']} points")
+    print("latency model error (mean abs. %): " + ", ".join(f"{k.replace('_mape_pct', '')} {v}" for k, v in le.items()))
+    for ref, r in (state.get("references") or {}).items():
+        m = r["measured"]
+        print(f"reference {ref}: ES {m['es']:.2f}, one-line {m['line_ms']:.0f} ms, {m['bytes'] / 1e6:.0f} MB")
+    print(f"pick for {args.budget_ms:g} ms" + (f" and {args.max_mb:g} MB" if args.max_mb else "") + f": {pick.reason}")
+    if built:
+        print(f"artifact {built.artifact_id} is active (pocketpilot serve / complete use it)")
+    else:
+        print(f"build and activate it: pocketpilot search --teacher {state['teacher']} --evaluate 0 --budget-ms "
+              f"{args.budget_ms:g}" + (f" --max-mb {args.max_mb:g}" if args.max_mb else "") + " --compress")
     return 0
 
 
@@ -387,6 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score student and teacher on N stdlib line-completion tasks (0 skips; default 20)")
     d.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes, losses in nats/token)")
     d.set_defaults(func=cmd_distill)
+
+    se = sub.add_parser("search", help="search pruned / quantized / distilled students (Z3 space, measured Pareto "
+                                       "front) and pick one for a latency budget")
+    se.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER})")
+    se.add_argument("--budget-ms", type=float, default=300.0,
+                    help="one-line completion latency budget for the pick, ms (default 300)")
+    se.add_argument("--max-mb", type=float, help="size on disk limit, MB (constrains the space and the pick)")
+    se.add_argument("--max-params", type=int, help="parameter count limit")
+    se.add_argument("--min-layers", type=int, default=2, help="fewest decoder layers a student may keep (default 2)")
+    se.add_argument("--max-steps", type=int, help="largest distillation step count to consider (0: no distillation)")
+    se.add_argument("--methods", help="comma-separated quantization methods to consider (default: all installed)")
+    se.add_argument("--evaluate", type=int, default=10, metavar="N",
+                    help="configurations to build and measure in all, earlier runs included (default 10; 0: pick only)")
+    se.add_argument("--tasks", type=int, default=100, help="held-out line-completion tasks per point (default 100)")
+    se.add_argument("--seed", type=int, default=0, help="task seed (default 0)")
+    se.add_argument("--reference", action="append", default=[], metavar="ARTIFACT",
+                    help="also measure this cached artifact on the same tasks (repeatable)")
+    se.add_argument("--explain", action="store_true", help="print the Z3 constraints and the size of the space, then stop")
+    se.add_argument("--compress", action="store_true", help="build (if needed) and activate the picked student")
+    se.add_argument("--plot", metavar="OUT.png", help="where to draw the front (default <home>/search/<teacher>.png)")
+    se.add_argument("--fresh", action="store_true", help="forget the stored search of this teacher and start over")
+    se.add_argument("--json", action="store_true", help="print the pick and the whole search state as JSON")
+    se.set_defaults(func=cmd_search)
 
     ls = sub.add_parser("list", help="list cached artifacts (* = active)")
     ls.add_argument("--json", action="store_true", help="print JSON (sizes in bytes)")

@@ -101,7 +101,7 @@ def decoder_layers_path(model) -> str:
                            "distillation needs a decoder-only model with a layer list")
 
 
-def make_student(teacher_model, n_layers: int):
+def make_student(teacher_model, n_layers: int, layers: list[int] | None = None):
     """A student with the teacher's architecture and ``n_layers`` decoder layers, initialised from it.
 
     The config is the teacher's with ``num_hidden_layers = n_layers`` (and per-layer lists such as
@@ -112,6 +112,8 @@ def make_student(teacher_model, n_layers: int):
     Args:
         teacher_model: a ``transformers`` causal LM (float weights, not quantized).
         n_layers: student depth, 2 .. teacher depth.
+        layers: the teacher layers to copy, in order (``n_layers`` distinct indices; e.g. from
+            :func:`pocketpilot.compression.prune.pick_layers`); default :func:`student_layer_map`.
 
     Returns:
         The student, a model of the teacher's class, float32 like the teacher, in train mode.
@@ -127,6 +129,11 @@ def make_student(teacher_model, n_layers: int):
     cfg = teacher_model.config
     n_teacher = cfg.num_hidden_layers
     mapping = student_layer_map(n_teacher, n_layers)
+    if layers is not None:
+        if len(layers) != n_layers or len(set(layers)) != n_layers or not all(0 <= i < n_teacher for i in layers):
+            raise PocketPilotError(f"a student of {n_layers} layers needs {n_layers} distinct teacher layers in "
+                                   f"0..{n_teacher - 1}; got {layers}")
+        mapping = list(layers)
     prefix = decoder_layers_path(teacher_model) + "."
     config = copy.deepcopy(cfg)
     config.num_hidden_layers = n_layers
@@ -574,9 +581,12 @@ def _epoch_sampler(n: int, seed: int):
     return EpochSampler()
 
 
-def _run_key(teacher_sha: dict, cfg: DistillConfig, roots: list[str], processes: int) -> str:
-    blob = json.dumps({"teacher": teacher_sha, "settings": cfg.run_settings(), "roots": roots,
-                       "processes": processes, "format": RUN_FORMAT}, sort_keys=True)
+def _run_key(teacher_sha: dict, cfg: DistillConfig, roots: list[str], processes: int, student: str | None = None) -> str:
+    key = {"teacher": teacher_sha, "settings": cfg.run_settings(), "roots": roots, "processes": processes,
+           "format": RUN_FORMAT}
+    if student:  # a custom student (the default one keeps the keys of earlier runs)
+        key["student"] = student
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -709,6 +719,9 @@ def distill(
     activate: bool = True,
     progress: Progress | None = None,
     show_progress: bool = True,
+    build_student: Callable[[Any], tuple[Any, dict]] | None = None,
+    student_tag: str | None = None,
+    artifact_id: str | None = None,
     **settings,
 ) -> "CompressResult":
     """Distil a teacher into a shallower student and cache it as an artifact.
@@ -726,6 +739,11 @@ def distill(
         activate: make the artifact the default for ``serve`` / ``complete``.
         progress: callback for progress messages; show_progress: tqdm bar on stderr (loss,
             soft/hard parts, tokens/s).
+        build_student: ``fn(teacher_model) -> (student, details)`` building a custom student of
+            ``n_layers`` layers (e.g. pruned, as :mod:`pocketpilot.compression.search` does) instead
+            of :func:`make_student`; ``details`` (JSON-able, may hold ``layer_map``) goes into the
+            recipe. Needs ``student_tag``, a string naming the student, which keys the run folder.
+        artifact_id: the artifact's id (default ``<teacher>-distill<N>[-<method>]``).
         **settings: :class:`DistillConfig` fields: ``steps``, ``minutes`` (one is required),
             ``temperature`` (2), ``alpha`` (0.5), ``block_tokens`` (256), ``batch_size`` (4),
             ``lr`` (3e-4), ``warmup_steps``, ``top_k``, ``val_fraction``, ``max_tokens``,
@@ -744,6 +762,8 @@ def distill(
     """
     cfg = DistillConfig(n_layers, **settings)
     progress = progress or (lambda msg, frac: None)
+    if build_student is not None and not student_tag:
+        raise PocketPilotError("a custom student needs a student_tag naming it (it keys the run folder)")
 
     import torch
     from accelerate import Accelerator
@@ -782,7 +802,7 @@ def distill(
     tokenizer = AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True)
     n_teacher_params = sum(p.numel() for p in teacher_model.parameters())
 
-    key = _run_key(teacher_obj.source_sha256, cfg, [str(r) for r in roots], accelerator.num_processes)
+    key = _run_key(teacher_obj.source_sha256, cfg, [str(r) for r in roots], accelerator.num_processes, student_tag)
     run_dir = home() / "runs" / f"{teacher_obj.slug}-distill{cfg.n_layers}-{key}"
     if not resume and main:  # start over; the tokenized corpus is kept
         for name in ("checkpoint", "checkpoint.old", "checkpoint.partial"):
@@ -799,7 +819,15 @@ def distill(
     if data is None:
         progress(f"tokenizing the corpus ({', '.join(str(r) for r in roots)})", 0.1)
         data = code_blocks(tokenizer, roots, cfg.block_tokens, cfg.val_fraction, cfg.max_tokens)
-    student = make_student(teacher_model, cfg.n_layers)
+    student_details: dict = {}
+    if build_student is not None:
+        student, student_details = build_student(teacher_model)
+        student.train()
+        layer_map = student_details.get("layer_map", layer_map)
+        if student.config.num_hidden_layers != cfg.n_layers:
+            raise PocketPilotError(f"the custom student has {student.config.num_hidden_layers} layers, not {cfg.n_layers}")
+    else:
+        student = make_student(teacher_model, cfg.n_layers)
     n_student_params = sum(p.numel() for p in student.parameters())
     # checkpoint (weights + two AdamW moments, twice while swapping) + artifact + data, float32
     need = 4 * n_student_params * (2 * 3 + 1) + data.train.numel() * 8
@@ -932,7 +960,7 @@ def distill(
         bar.close()
 
     method = f"distill+{qmethod.name}" if qmethod else "distill"
-    artifact_id = f"{teacher_obj.slug}-distill{cfg.n_layers}" + (f"-{qmethod.name}" if qmethod else "")
+    artifact_id = artifact_id or f"{teacher_obj.slug}-distill{cfg.n_layers}" + (f"-{qmethod.name}" if qmethod else "")
     final = artifacts_dir() / artifact_id
     manifest = None
     if main:
@@ -951,6 +979,7 @@ def distill(
             "alpha": cfg.alpha,
             "loss": "alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE(next token); Hinton et al. 2015",
             "top_k": cfg.top_k,
+            **({"student": student_details} if student_details else {}),
             "settings": cfg.run_settings(),
             "budget": {"steps": cfg.steps, "minutes": cfg.minutes},
             "steps": state["step"],

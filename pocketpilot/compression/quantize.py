@@ -11,6 +11,8 @@ Each method takes a float ``transformers`` causal LM and writes the compressed w
   Wei et al., FSE'23 ("Towards greener yet powerful code generation via quantization")
   found activation quantization to be the sensitive part; measured here, dynamic int8
   activations cut ES from 51 to 37 on SmolLM2-135M while weight-only kept it.
+- ``int8-fhead``: ``int8`` for the decoder layers, the token embedding and LM head kept in
+  float32 (mixed precision per part: the layers that set every logit stay exact).
 - ``bf16``: all weights cast to bfloat16.
 - ``none``: float32 copy of the teacher (a baseline).
 - ``bnb-int8``: bitsandbytes LLM.int8() (Dettmers et al., NeurIPS 2022, "LLM.int8(): 8-bit
@@ -168,15 +170,19 @@ HEAD_RESCORE_TOPK = 8
 
 
 @register("int8", "weight-only per-channel int8 weights, float activations (1 byte a weight; default)")
-def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None) -> dict:
+def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, float_head: bool = False) -> dict:
     from safetensors.torch import save_file
 
     compute = torch.float32
     inputs = collect_linear_inputs(model, calibration) if calibration else {}
-    modules, alphas = quantize_int8_modules(model, compute, inputs)
+    modules, alphas = quantize_int8_modules(model, compute, inputs, skip_head=float_head)
     tied = {}
     head = model.get_output_embeddings()
     emb = model.get_input_embeddings()
+    if float_head and getattr(model.config, "tie_word_embeddings", False):  # one float32 copy; the loader re-ties
+        head_key = next(n for n, m in model.named_modules() if m is head) + ".weight"
+    else:
+        head_key = None
     if getattr(model.config, "tie_word_embeddings", False) and isinstance(emb, Int8Embedding):
         head_path = next(n for n, m in model.named_modules() if m is head)
         emb_path = next(n for n, m in model.named_modules() if m is emb)
@@ -184,7 +190,7 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None) 
         modules.pop(head_path, None)
     state = {}
     for key, tensor in model.state_dict().items():
-        if key.rsplit(".", 1)[0] in tied:
+        if key.rsplit(".", 1)[0] in tied or key == head_key:
             continue
         if tensor.is_floating_point() and not key.endswith("weight_scale"):
             tensor = tensor.to(compute)
@@ -205,10 +211,12 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None) 
         "weight_files": ["model.safetensors"],
         "modules": modules,
         "tied": tied,
+        **({"tied_float_head": head_key} if head_key else {}),
     }
     (out / QUANT_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
     return {
-        "weights": "int8 per-channel symmetric (absmax/127)",
+        "weights": "int8 per-channel symmetric (absmax/127)"
+                   + ("; token embedding and LM head kept in float32" if float_head else ""),
         "activations": "float32 residual stream; bf16 matmul inputs; LM head top-8 logits rescored in float32",
         "int8_params": n_int8,
         "float_params": n_float,
@@ -218,6 +226,12 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None) 
             "alpha_counts": {str(a): sum(1 for v in alphas.values() if v == a) for a in sorted(set(alphas.values()))},
         },
     }
+
+
+@register("int8-fhead", "int8 decoder layers; token embedding and LM head kept in float32 (mixed precision)")
+def quantize_int8_float_head(model: nn.Module, out: Path, calibration: list | None = None) -> dict:
+    """Like ``int8``, but the token embedding and LM head, the parts that set every logit, stay float32."""
+    return quantize_int8(model, out, calibration, float_head=True)
 
 
 def collect_linear_inputs(model: nn.Module, calibration: list, rows: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -277,7 +291,8 @@ CALIBRATION_FILES = ("csv.py", "heapq.py", "pprint.py", "fractions.py", "selecto
 
 
 def quantize_int8_modules(
-    model: nn.Module, compute: torch.dtype = torch.float32, inputs: dict[str, torch.Tensor] | None = None
+    model: nn.Module, compute: torch.dtype = torch.float32, inputs: dict[str, torch.Tensor] | None = None,
+    skip_head: bool = False,
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Replace every ``nn.Linear`` and the input ``nn.Embedding`` with int8 modules, in place.
 
@@ -288,7 +303,7 @@ def quantize_int8_modules(
     Returns ``({module path: "linear" | "head" | "embedding"}, {module path: chosen alpha})``
     (``head``: the LM head, whose top logits are rescored in float32). A head tied to the embedding is
     replaced by a view of the embedding's int8 buffers. Non-quantized parameters (norms) are
-    cast to ``compute``.
+    cast to ``compute``. ``skip_head``: leave the input embedding and the LM head in float.
     """
     inputs = inputs or {}
     modules: dict[str, str] = {}
@@ -305,6 +320,8 @@ def quantize_int8_modules(
         return s
 
     for path, mod in list(model.named_modules()):
+        if skip_head and (mod is emb or mod is head):
+            continue
         if isinstance(mod, nn.Embedding) and mod is emb:
             s = scale_for(head_path, mod.weight) if tied and head_path else None
             new = Int8Embedding.from_embedding(mod, compute, s)
@@ -319,7 +336,7 @@ def quantize_int8_modules(
         parent, name = get_submodule_parent(model, path)
         setattr(parent, name, new)
         modules[path] = kind
-    if tied and head is not None:
+    if tied and head is not None and not skip_head:
         parent, name = get_submodule_parent(model, head_path)
         setattr(parent, name, model.get_input_embeddings().as_linear(HEAD_RESCORE_TOPK))
         modules[head_path] = "head"

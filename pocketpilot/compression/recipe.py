@@ -492,9 +492,43 @@ def choose_recipe(profile: HardwareProfile, speed: SpeedProbe, budget_ms: float 
     return Decision(best["teacher"], best["method"], best["device"], budget_ms, bool(within), reason, rows)
 
 
+def front_pick(profile: HardwareProfile, budget_ms: float, teachers: tuple[TeacherShape, ...] = TEACHERS):
+    """The best point of the stored search fronts (``pocketpilot search``) of ``teachers`` for this budget.
+
+    Only searches measured on this machine (same CPU model and cores) count; a point must fit in
+    memory when served. Among the teachers' picks
+    (:func:`pocketpilot.compression.search.pick_for_budget`), one within the budget beats one that
+    is not, then the higher measured ES wins.
+
+    Returns:
+        ``(search state, Pick)`` or ``None`` when no usable search is stored.
+    """
+    from pocketpilot.compression.search import SERVE_OVERHEAD_BYTES, load_search, pick_for_budget
+
+    picks = []
+    for t in teachers:
+        state = load_search(t.alias)
+        machine = (state or {}).get("machine") or {}
+        if not state or not state.get("evaluated") or machine.get("cpu") != profile.cpu_model \
+                or machine.get("cores") != profile.cpus:
+            continue
+        limit = int(RAM_SHARE * profile.ram_available_bytes) - SERVE_OVERHEAD_BYTES
+        try:
+            picks.append((state, pick_for_budget(state, budget_ms, max(1, limit))))
+        except PocketPilotError:
+            continue
+    if not picks:
+        return None
+    return max(picks, key=lambda sp: (sp[1].meets_budget, sp[1].measured["es"]))
+
+
 def compress_for_this_machine(budget_ms: float = DEFAULT_BUDGET_MS, *, eval_tasks: int = 10, force: bool = False,
                               progress=None, teachers: tuple[TeacherShape, ...] = TEACHERS):
     """Probe this machine, choose a recipe, compress, measure the real latency, and make it active.
+
+    When ``pocketpilot search`` has stored a measured front for a teacher on this machine, its
+    points are candidates too (:func:`front_pick`): the front's pick is built (or reused) and
+    activated when it meets the budget, or when no plain recipe does.
 
     The decision (profile, speed probe, every candidate's prediction, the reason) and the
     measured one-line p50 on ``eval_tasks`` stdlib tasks are recorded in the artifact's
@@ -515,8 +549,21 @@ def compress_for_this_machine(budget_ms: float = DEFAULT_BUDGET_MS, *, eval_task
     profile = probe_hardware()
     speed = probe_speed(teachers)
     decision = choose_recipe(profile, speed, budget_ms, teachers)
-    progress(f"chose {decision.teacher} {decision.method}: {decision.reason}", 0.05)
-    result = compress(decision.teacher, decision.method, force=force, eval_tasks=eval_tasks, progress=progress)
+    front = front_pick(profile, budget_ms, teachers)
+    if front is not None and (front[1].meets_budget or not decision.meets_budget):
+        from pocketpilot.compression.search import materialize
+
+        state, pick = front
+        decision = Decision(state["teacher"], f"search:{pick.key}", "cpu", budget_ms, pick.meets_budget,
+                            f"from the measured search front of {state['teacher']} ({pick.candidates} points): "
+                            f"{pick.reason}", decision.candidates)
+        progress(f"chose {pick.key}: {decision.reason}", 0.05)
+        result = materialize(state, pick, progress)
+        predicted = pick.measured["line_ms"]
+    else:
+        progress(f"chose {decision.teacher} {decision.method}: {decision.reason}", 0.05)
+        result = compress(decision.teacher, decision.method, force=force, eval_tasks=eval_tasks, progress=progress)
+        predicted = None
     manifest = result.manifest
     measured = (manifest.get("metrics") or {}).get("artifact", {}).get("latency_ms_p50")
     if measured is None and eval_tasks > 0:  # a cached artifact built without measurements
@@ -528,10 +575,12 @@ def compress_for_this_machine(budget_ms: float = DEFAULT_BUDGET_MS, *, eval_task
         progress(f"measuring {result.artifact_id} on {eval_tasks} line-completion tasks", 0.9)
         measured = evaluate_lines(CompletionEngine(load_artifact(result.artifact_id)),
                                   make_tasks(n=eval_tasks, seed=0))["latency_ms_p50"]
-    chosen = next(r for r in decision.candidates if r["chosen"])
+    if predicted is None:
+        predicted = next(r for r in decision.candidates if r["chosen"])["line_ms"]
     manifest["machine_decision"] = {
         **decision.to_json(), "profile": asdict(profile), "speed_probe": asdict(speed),
-        "predicted_line_ms": chosen["line_ms"], "measured_line_ms_p50": measured,
+        "source": "search front" if decision.method.startswith("search:") else "recipe chooser",
+        "predicted_line_ms": predicted, "measured_line_ms_p50": measured,
         "measured_meets_budget": None if measured is None else measured <= budget_ms,
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

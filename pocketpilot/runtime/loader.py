@@ -127,12 +127,16 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     align_int8_buffers(model)
     tied = quant.get("tied") or {}
-    missing = [k for k in missing if k.rsplit(".", 1)[0] not in tied]
+    float_head = quant.get("tied_float_head")  # a float head tied to a float embedding (int8-fhead)
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in tied and k != float_head]
     if missing or unexpected:
         raise ArtifactError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for head, emb in tied.items():
         parent, name = get_submodule_parent(model, head)
         setattr(parent, name, model.get_submodule(emb).as_linear(quant.get("head_rescore_topk", 0)))
+    if float_head:
+        parent, name = get_submodule_parent(model, float_head.rsplit(".", 1)[0])
+        getattr(parent, name).weight = model.get_input_embeddings().weight
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if leftover:
         raise ArtifactError(f"{folder}: weights missing for {leftover[:3]}")
