@@ -349,7 +349,7 @@ def _write_text(path: Path, text: str) -> None:
 #: ``--method`` help, kept here so that ``--help`` and ``serve`` start without importing torch
 #: (a test checks it names every method in the registry).
 METHOD_HELP = ("int8 (default): weight-only per-channel int8, activation-aware scales; "
-               "bf16: bfloat16 weights; none: float32 copy of the teacher; "
+               "int8-fhead: int8 layers, float32 embedding and LM head; bf16: bfloat16 weights; none: float32 copy of the teacher; "
                "bnb-int8: bitsandbytes LLM.int8(); bnb-nf4: bitsandbytes 4-bit NF4 (both need: pip install bitsandbytes)")
 
 
