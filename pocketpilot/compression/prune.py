@@ -59,6 +59,19 @@ def _mlps(model) -> list[nn.Module]:
     return mlps
 
 
+def _run_calibration(model, calibration: list[torch.Tensor], hooks: list) -> int:
+    """Run the calibration batches through ``model`` with ``hooks`` installed, then remove them; tokens seen."""
+    count = 0
+    try:
+        for ids in calibration:
+            model(input_ids=ids, use_cache=False)
+            count += ids.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    return count
+
+
 @torch.inference_mode()
 def block_influence(model, calibration: list[torch.Tensor]) -> list[float]:
     """Block Influence of every decoder layer (ShortGPT; see the module docstring).
@@ -77,7 +90,6 @@ def block_influence(model, calibration: list[torch.Tensor]) -> list[float]:
         raise PocketPilotError("block influence needs calibration text; none was found")
     layers = decoder_layers(model)
     sums = [0.0] * len(layers)
-    count = 0
     hooks = []
 
     def hook(i):
@@ -89,13 +101,7 @@ def block_influence(model, calibration: list[torch.Tensor]) -> list[float]:
 
     for i, layer in enumerate(layers):
         hooks.append(layer.register_forward_hook(hook(i), with_kwargs=True))
-    try:
-        for ids in calibration:
-            model(input_ids=ids, use_cache=False)
-            count += ids.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    count = _run_calibration(model, calibration, hooks)
     return [round(1.0 - s / count, 6) for s in sums]
 
 
@@ -139,7 +145,6 @@ def ffn_channel_importance(model, calibration: list[torch.Tensor]) -> list[torch
         raise PocketPilotError("FFN pruning needs calibration text; none was found")
     mlps = _mlps(model)
     acc = [torch.zeros(m.down_proj.in_features) for m in mlps]
-    count = 0
     hooks = []
 
     def hook(i):
@@ -149,13 +154,7 @@ def ffn_channel_importance(model, calibration: list[torch.Tensor]) -> list[torch
 
     for i, m in enumerate(mlps):
         hooks.append(m.down_proj.register_forward_pre_hook(hook(i)))
-    try:
-        for ids in calibration:
-            model(input_ids=ids, use_cache=False)
-            count += ids.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    count = _run_calibration(model, calibration, hooks)
     return [a / count * m.down_proj.weight.detach().float().norm(dim=0) for a, m in zip(acc, mlps)]
 
 
