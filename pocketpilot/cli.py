@@ -114,17 +114,11 @@ def cmd_search(args) -> int:
         raise PocketPilotError(f"--max-mb must be positive; got {args.max_mb:g}")
     quants = tuple(q.strip() for q in args.methods.split(",") if q.strip()) if args.methods else None
     if args.explain:
-        import psutil
-        from transformers import AutoConfig
-
         from pocketpilot.compression.teachers import fetch_teacher, parse_spec
 
-        teacher = fetch_teacher(parse_spec(args.teacher), _stderr_progress)
-        shape = search.shape_of(AutoConfig.from_pretrained(teacher.folder, local_files_only=True), args.teacher)
-        steps = tuple(s for s in search.DISTILL_STEPS if args.max_steps is None or s <= args.max_steps)
-        space = search.SearchSpace(shape, quants or search.available_quants(), steps=steps, max_bytes=max_bytes,
-                                   max_params=args.max_params, ram_bytes=psutil.virtual_memory().available,
-                                   min_layers=args.min_layers)
+        space = search.make_space(fetch_teacher(parse_spec(args.teacher), _stderr_progress), max_bytes=max_bytes,
+                                  max_params=args.max_params, min_layers=args.min_layers, max_steps=args.max_steps,
+                                  quants=quants)
         print(space.explain())
         print(f"valid configurations: {len(space.enumerate())}")
         return 0

@@ -506,13 +506,13 @@ def front_pick(profile: HardwareProfile, budget_ms: float, teachers: tuple[Teach
     from pocketpilot.compression.search import SERVE_OVERHEAD_BYTES, load_search, pick_for_budget
 
     picks = []
+    limit = int(RAM_SHARE * profile.ram_available_bytes) - SERVE_OVERHEAD_BYTES
     for t in teachers:
         state = load_search(t.alias)
         machine = (state or {}).get("machine") or {}
         if not state or not state.get("evaluated") or machine.get("cpu") != profile.cpu_model \
                 or machine.get("cores") != profile.cpus:
             continue
-        limit = int(RAM_SHARE * profile.ram_available_bytes) - SERVE_OVERHEAD_BYTES
         try:
             picks.append((state, pick_for_budget(state, budget_ms, max(1, limit))))
         except PocketPilotError:

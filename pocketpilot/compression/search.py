@@ -278,7 +278,7 @@ class SearchSpace:
         """The constraints ``cfg`` breaks (empty when it is valid)."""
         import z3
 
-        _, v = self.solver()
+        v = self._vars()
         broken = []
         for why, c in self.constraints():
             sol = z3.SolverFor("QF_LIA")
@@ -323,6 +323,31 @@ class SearchSpace:
         for i, (why, c) in enumerate(self.constraints(), 1):
             lines.append(f"  {i}. {why}\n       {' '.join(str(c).split())[:400]}")
         return "\n".join(lines)
+
+
+def make_space(teacher_obj, *, max_bytes: int | None = None, max_params: int | None = None, min_layers: int = 2,
+               max_steps: int | None = None, quants: tuple[str, ...] | None = None) -> SearchSpace:
+    """The search space of a fetched teacher (:class:`~pocketpilot.compression.teachers.Teacher`) on this machine.
+
+    Args:
+        max_bytes, max_params, min_layers: user constraints (bytes on disk, parameter count, depth).
+        max_steps: largest distillation step count offered (None: all of :data:`DISTILL_STEPS`).
+        quants: methods offered (default: every installed one of :data:`QUANTS`).
+
+    Raises:
+        PocketPilotError: a requested method is not installed here.
+    """
+    import psutil
+    from transformers import AutoConfig
+
+    shape = shape_of(AutoConfig.from_pretrained(teacher_obj.folder, local_files_only=True), teacher_obj.spec.spec)
+    offered = available_quants()
+    missing = [q for q in quants or () if q not in offered]
+    if missing:
+        raise PocketPilotError(f"method(s) {', '.join(missing)} cannot be searched here (installed: {', '.join(offered)})")
+    steps = tuple(s for s in DISTILL_STEPS if max_steps is None or s <= max_steps)
+    return SearchSpace(shape, tuple(quants or offered), steps=steps, max_bytes=max_bytes, max_params=max_params,
+                       ram_bytes=psutil.virtual_memory().available, min_layers=min_layers)
 
 
 # --------------------------------------------------------------------------- objectives
@@ -379,6 +404,12 @@ class LatencyModel:
         kernels = tuple(dict.fromkeys([BODY_KERNEL[q] for q in quants] + [HEAD_KERNEL[q] for q in quants]))
         shapes = tuple(replace(shape, alias=f"{shape.alias}@{w}", ffn=w) for w in widths)
         return cls(shape.alias, asdict(probe_speed(shapes, kernels)))
+
+    def covers(self, space: "SearchSpace") -> bool:
+        """Whether every FFN width and kernel of ``space`` was timed (else the model must be refitted)."""
+        layers, heads = self.probe["layers"], self.probe["weight_gbps"]
+        return all(f"{self.alias}@{w}/{BODY_KERNEL[q]}" in layers and HEAD_KERNEL[q] in heads
+                   for w in space.ffn for q in space.quants)
 
     def predict(self, shape: TeacherShape, cfg: StudentConfig) -> dict:
         """``{"prefill_ms", "decode_ms_per_token", "line_ms"}`` (ms); values None when a kernel was not timed."""
@@ -500,11 +531,15 @@ class Builder:
             details["ffn_pruning"] = prune_ffn(student, cfg.ffn, ffn_channel_importance(student, self.calibration))
         return student, details
 
+    def is_plain(self, cfg: StudentConfig) -> bool:
+        """``cfg`` is the teacher itself, only quantized (all layers, full FFN, no distillation)."""
+        return (cfg.layers == self.model.config.num_hidden_layers and cfg.ffn == self.model.config.intermediate_size
+                and cfg.steps == 0)
+
     def artifact_id(self, cfg: StudentConfig) -> str | None:
         """Artifact id of ``cfg``: ``<teacher>-<method>`` for the unpruned teacher, ``<teacher>-<key>`` otherwise;
         ``None`` for the teacher itself (float32, unpruned: measured from the teacher's folder)."""
-        full = cfg.layers == self.model.config.num_hidden_layers and cfg.ffn == self.model.config.intermediate_size
-        if full and cfg.steps == 0:
+        if self.is_plain(cfg):
             return None if cfg.quant == "none" else f"{self.teacher_obj.slug}-{cfg.quant}"
         return f"{self.teacher_obj.slug}-{cfg.key()}"
 
@@ -528,8 +563,7 @@ class Builder:
             except ArtifactError:
                 pass
         spec = self.teacher_obj.spec.spec
-        if cfg.layers == self.model.config.num_hidden_layers and cfg.ffn == self.model.config.intermediate_size \
-                and cfg.steps == 0:
+        if self.is_plain(cfg):
             return aid, compress(spec, cfg.quant, eval_tasks=0, activate=False, force=True, progress=self.progress).folder
         recipe_cfg = {"search_config": asdict(cfg), "search_key": cfg.key()}
         if cfg.steps:
@@ -677,8 +711,6 @@ def run_search(
     Raises:
         PocketPilotError: an empty space, bad arguments; the errors of compress / distill.
     """
-    import psutil
-
     from pocketpilot.compression.distill import held_out_files
     from pocketpilot.compression.teachers import fetch_teacher, parse_spec
     from pocketpilot.evaluation.tasks import default_source_dir, make_tasks
@@ -689,17 +721,9 @@ def run_search(
     t0 = time.perf_counter()
     spec = parse_spec(teacher)
     teacher_obj = fetch_teacher(spec, progress)
-    from transformers import AutoConfig
-
-    shape = shape_of(AutoConfig.from_pretrained(teacher_obj.folder, local_files_only=True), spec.spec)
-    steps = tuple(s for s in DISTILL_STEPS if max_steps is None or s <= max_steps)
-    offered = available_quants()
-    if quants:
-        missing = [q for q in quants if q not in offered]
-        if missing:
-            raise PocketPilotError(f"method(s) {', '.join(missing)} cannot be searched here (installed: {', '.join(offered)})")
-    space = SearchSpace(shape, tuple(quants or offered), steps=steps, max_bytes=max_bytes, max_params=max_params,
-                        ram_bytes=psutil.virtual_memory().available, min_layers=min_layers)
+    space = make_space(teacher_obj, max_bytes=max_bytes, max_params=max_params, min_layers=min_layers,
+                       max_steps=max_steps, quants=quants)
+    shape = space.shape
     configs = space.enumerate()
     t_space = time.perf_counter() - t0
     progress(f"{len(configs)} valid configurations ({t_space:.1f} s)", 0.02)
@@ -715,8 +739,7 @@ def run_search(
                       "teacher_sha256": teacher_obj.source_sha256, "machine": fp,
                       "tasks": {"n": tasks, "seed": seed, "source": "held-out Python standard-library files"},
                       "evaluated": [], "seconds": {}}
-    if "latency_model" not in state or set(space.ffn) - {int(k.split("@")[1].split("/")[0])
-                                                         for k in state["latency_model"]["probe"]["layers"]}:
+    if "latency_model" not in state or not LatencyModel(**state["latency_model"]).covers(space):
         progress("timing this machine's kernels at every FFN width", 0.05)
         t = time.perf_counter()
         state["latency_model"] = asdict(LatencyModel.fit(shape, space.ffn, space.quants))
@@ -780,8 +803,8 @@ def run_search(
             evaluate_one(cfg, "initial design")
     # then: the predicted front point farthest from every measured point
     while n_valid_done() < evaluate:
-        front_cfgs = _predicted_front(configs, preds, predictor.fit(measured_points()), done)
-        todo = [c for c in front_cfgs if c.key() not in done]
+        front = _predicted_front(configs, preds, predictor.fit(measured_points()), done)
+        todo = [c for c, _ in front if c.key() not in done]
         if not todo:
             break
         measured_cfgs = [StudentConfig.from_key(k) for k in done]
@@ -814,46 +837,38 @@ def run_search(
                           "out_of_sample_n": len(oos)}
     state["latency_model_error"] = _latency_error(pts)
     state["front"] = [pts[i]["key"] for i in non_dominated([_objectives(r["measured"]) for r in pts], (False, False, True))]
-    pf = _predicted_front(configs, preds, predictor, done)
-    state["predicted_front"] = [{"key": c.key(), **_merged(c, preds, predictor, done)} for c in pf]
+    state["predicted_front"] = [{"key": c.key(), **obj} for c, obj in _predicted_front(configs, preds, predictor, done)]
     state["seconds"]["total_last_run"] = round(time.perf_counter() - t0, 1)
     state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _save_state(path, state)
     return state
 
 
-def _merged(cfg: StudentConfig, preds: dict, predictor: ESPredictor, done: dict) -> dict:
-    """Objectives of ``cfg``: measured where it was evaluated, else predicted."""
-    if cfg.key() in done:
-        m = done[cfg.key()]["measured"]
-        return {"line_ms": m["line_ms"], "bytes": m["bytes"], "es": m["es"], "measured": True}
-    p = preds[cfg]
-    es = predictor.predict([cfg])
-    return {"line_ms": p["line_ms"], "bytes": p["bytes"], "es": es[0][0] if es else None, "measured": False}
-
-
-def _predicted_front(configs, preds, predictor: ESPredictor, done: dict) -> list[StudentConfig]:
+def _predicted_front(configs, preds, predictor: ESPredictor, done: dict) -> list[tuple[StudentConfig, dict]]:
     """Pareto front over (line ms, bytes, ES) with measured values where known, predicted elsewhere.
 
-    Before the predictor can run (fewer than 3 measured points), ES is ranked by parameter count.
-    Ties on every objective keep the cheaper configuration (fewer distillation steps).
+    Returns ``[(config, {"line_ms", "bytes", "es", "measured"})]`` by predicted latency; ``es`` is
+    None for an unmeasured point before the predictor can run (fewer than 3 measured points), when
+    ES is ranked by parameter count instead. Ties on every objective keep the cheaper configuration
+    (fewer distillation steps).
     """
     es = predictor.predict(configs)
-    rows = []
+    rows, objs = [], []
     for i, c in enumerate(configs):
         if c.key() in done:
             m = done[c.key()]["measured"]
+            objs.append({"line_ms": m["line_ms"], "bytes": m["bytes"], "es": m["es"], "measured": True})
             rows.append((m["line_ms"], m["bytes"], m["es"]))
         else:
             p = preds[c]
+            objs.append({"line_ms": p["line_ms"], "bytes": p["bytes"], "es": es[i][0] if es else None, "measured": False})
             rows.append((p["line_ms"], p["bytes"], es[i][0] if es else p["params"] / 1e6))
-    idx = non_dominated(rows, (False, False, True))
-    best: dict[tuple, StudentConfig] = {}
-    for i in idx:  # one configuration per objective vector: the cheapest to build
-        c = configs[i]
-        if rows[i] not in best or (c.steps, c.key()) < (best[rows[i]].steps, best[rows[i]].key()):
-            best[rows[i]] = c
-    return sorted(best.values(), key=lambda c: preds[c]["line_ms"])
+    best: dict[tuple, int] = {}
+    for i in non_dominated(rows, (False, False, True)):  # one configuration per objective vector: the cheapest
+        j = best.get(rows[i])
+        if j is None or (configs[i].steps, configs[i].key()) < (configs[j].steps, configs[j].key()):
+            best[rows[i]] = i
+    return sorted(((configs[i], objs[i]) for i in best.values()), key=lambda co: preds[co[0]]["line_ms"])
 
 
 def _latency_error(points: list[dict]) -> dict:
@@ -1050,6 +1065,6 @@ def plot(state: dict, path: Path) -> Path:
     return path
 
 
-__all__ = ["StudentConfig", "SearchSpace", "LatencyModel", "ESPredictor", "Pick", "non_dominated", "run_search",
+__all__ = ["StudentConfig", "SearchSpace", "make_space", "LatencyModel", "ESPredictor", "Pick", "non_dominated", "run_search",
            "pick_for_budget", "materialize", "load_search", "plot", "table", "ffn_widths", "config_bytes",
            "config_params", "shape_of"]
