@@ -179,12 +179,10 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, 
     tied = {}
     head = model.get_output_embeddings()
     emb = model.get_input_embeddings()
-    if float_head and getattr(model.config, "tie_word_embeddings", False):  # one float32 copy; the loader re-ties
-        head_key = next(n for n, m in model.named_modules() if m is head) + ".weight"
-    else:
-        head_key = None
-    if getattr(model.config, "tie_word_embeddings", False) and isinstance(emb, Int8Embedding):
-        head_path = next(n for n, m in model.named_modules() if m is head)
+    is_tied = getattr(model.config, "tie_word_embeddings", False)
+    head_path = next((n for n, m in model.named_modules() if m is head), None)
+    head_key = f"{head_path}.weight" if float_head and is_tied else None  # one float32 copy; the loader re-ties
+    if is_tied and isinstance(emb, Int8Embedding):
         emb_path = next(n for n, m in model.named_modules() if m is emb)
         tied[head_path] = emb_path
         modules.pop(head_path, None)

@@ -514,7 +514,7 @@ class Builder:
         return self._influence
 
     def student(self, cfg: StudentConfig, teacher_model=None):
-        """The pruned float32 student of ``cfg`` and its details (layer map, FFN pruning)."""
+        """The pruned float32 student of ``cfg`` and its details (search key and configuration, layer map, FFN pruning)."""
         from pocketpilot.compression.distill import make_student
         from pocketpilot.compression.prune import ffn_channel_importance, pick_layers, prune_ffn
 
@@ -524,7 +524,7 @@ class Builder:
         layers = pick_layers(n_teacher, cfg.layers, cfg.pick, infl)
         student = make_student(teacher_model, cfg.layers, layers)
         student.eval()
-        details = {"layer_map": layers, "layer_pick": cfg.pick}
+        details = {"search_key": cfg.key(), "search_config": asdict(cfg), "layer_map": layers, "layer_pick": cfg.pick}
         if infl is not None:
             details["block_influence"] = infl
         if cfg.ffn < teacher_model.config.intermediate_size:
@@ -565,16 +565,11 @@ class Builder:
         spec = self.teacher_obj.spec.spec
         if self.is_plain(cfg):
             return aid, compress(spec, cfg.quant, eval_tasks=0, activate=False, force=True, progress=self.progress).folder
-        recipe_cfg = {"search_config": asdict(cfg), "search_key": cfg.key()}
         if cfg.steps:
             self.progress(f"distilling {cfg.key()} ({cfg.steps} steps)", None)
-
-            def build_student(teacher_model):
-                student, details = self.student(cfg, teacher_model)
-                return student, {**details, **recipe_cfg}
-
             res = distill(spec, cfg.layers, then=None if cfg.quant == "none" else cfg.quant, steps=cfg.steps,
-                          temperature=cfg.temperature, alpha=cfg.alpha, build_student=build_student,
+                          temperature=cfg.temperature, alpha=cfg.alpha,
+                          build_student=lambda teacher_model: self.student(cfg, teacher_model),
                           student_tag=cfg.key(), artifact_id=aid, activate=False, show_progress=False,
                           progress=self.progress, **{"eval_every": cfg.steps, "checkpoint_every": cfg.steps,
                                                      **self.distill_settings})
@@ -588,7 +583,7 @@ class Builder:
             recipe = {"method": f"prune+{qmethod.name}",
                       "description": f"{cfg.layers} of {self.model.config.num_hidden_layers} layers ({cfg.pick}), FFN "
                                      f"{cfg.ffn} of {self.model.config.intermediate_size}, then {qmethod.description}",
-                      **recipe_cfg, "student": details, "quantization": quant,
+                      "student": details, "quantization": quant,
                       "student_params": sum(p.numel() for p in student.parameters()) if cfg.quant in ("none", "bf16") else None}
             finish_artifact(tmp, aid, self.teacher_obj, self.n_params, recipe, 0, self.progress)
         return aid, final

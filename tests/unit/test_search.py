@@ -308,8 +308,7 @@ def test_tiny_search_end_to_end(tiny_search, tiny_deep_teacher_folder, monkeypat
     for r in built:
         manifest = read_manifest(artifacts_dir() / r["artifact_id"])
         if r["config"]["layers"] < 4 or r["config"]["ffn"] < 128:
-            recipe = manifest["recipe"]  # a distilled point keeps it with its student details
-            assert (recipe.get("search_key") or recipe["student"]["search_key"]) == r["key"]
+            assert manifest["recipe"]["student"]["search_key"] == r["key"]
     assert state["front"] and set(state["front"]) <= set(keys)
     assert state["predictor"]["points"] == 5 and state["predictor"]["loo_mae_es"] is not None
     assert state["predictor"]["out_of_sample_n"] >= 1
