@@ -309,7 +309,8 @@ def cmd_eval(args) -> int:
                       n=args.n, seed=args.seed, limit=args.limit, held_out=args.held_out,
                       codexglue_lang=args.codexglue_lang, codexglue_n=args.codexglue_n,
                       recode_categories=args.recode_categories.split(",") if args.recode_categories else None,
-                      cost_completions=args.cost_completions, baseline=args.baseline)
+                      cost_completions=args.cost_completions, baseline=args.baseline,
+                      checkpoint=args.checkpoint)
     return _eval_output(args, result)
 
 
@@ -502,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cost-completions", type=int, default=20, help="completions timed by the cost suite (default 20)")
     e.add_argument("--baseline", choices=["llama.cpp"],
                    help="also run the first model's teacher GGUF through llama.cpp (pip install 'pocketpilot[bench]')")
+    e.add_argument("--checkpoint", metavar="FILE",
+                   help="keep every model output in FILE (JSONL) as it is made; the same command with the same "
+                        "FILE reuses them, so a stopped or split evaluation continues where it stopped")
     e.add_argument("--from-json", metavar="FILE", help="run nothing: rewrite the report and plots from an eval --json file")
     e.add_argument("--out", help="make-tasks: output JSONL")
     e.add_argument("--json", metavar="OUT", help="write all results (with per-item predictions) as JSON")
@@ -540,5 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pocketpilot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pocketpilot: interrupted; nothing half-written was kept", file=sys.stderr)
+        kept = getattr(args, "checkpoint", None)
+        print("pocketpilot: interrupted; nothing half-written was kept"
+              + (f"; the outputs so far are in {kept}: run the same command to continue" if kept else ""),
+              file=sys.stderr)
         return 130

@@ -262,6 +262,30 @@ def load_artifact(name: str | None = None):
         raise ArtifactError(f"{exc}; rebuild it with: {rebuild_command(manifest, folder.name)}") from None
 
 
+def resolve_any(name: str | None = None) -> Path:
+    """The folder behind any model name a user may give (see :func:`load_any`), without loading it.
+
+    A teacher spec is fetched and converted once, as :func:`load_any` does.
+
+    Raises:
+        ArtifactError, UnknownTeacherError, FetchError: with one-line messages.
+    """
+    is_id = name is not None and os.sep not in name and (artifacts_dir() / name).is_dir()  # not a path
+    if name is None or is_id or (Path(name).expanduser() / MANIFEST).is_file():
+        return resolve_artifact(name)
+    try:
+        spec = parse_spec(name)
+    except UnknownTeacherError:
+        from pocketpilot.compression.artifacts import list_artifacts
+        from pocketpilot.compression.teachers import ACCEPTED_FORMS
+
+        cached = ", ".join(r["id"] for r in list_artifacts()) or "none yet"
+        raise UnknownTeacherError(
+            f"{name!r} is neither a cached artifact (cached: {cached}) nor a teacher ({ACCEPTED_FORMS})"
+        ) from None
+    return fetch_teacher(spec).folder
+
+
 def load_any(name: str | None = None):
     """Load a model for inference by any name a user may give.
 
@@ -276,17 +300,7 @@ def load_any(name: str | None = None):
     """
     from pocketpilot.runtime.loader import load_model_folder
 
-    is_id = name is not None and os.sep not in name and (artifacts_dir() / name).is_dir()  # not a path
-    if name is None or is_id or (Path(name).expanduser() / MANIFEST).is_file():
-        return load_artifact(name)
-    try:
-        spec = parse_spec(name)
-    except UnknownTeacherError:
-        from pocketpilot.compression.artifacts import list_artifacts
-        from pocketpilot.compression.teachers import ACCEPTED_FORMS
-
-        cached = ", ".join(r["id"] for r in list_artifacts()) or "none yet"
-        raise UnknownTeacherError(
-            f"{name!r} is neither a cached artifact (cached: {cached}) nor a teacher ({ACCEPTED_FORMS})"
-        ) from None
-    return load_model_folder(fetch_teacher(spec).folder)
+    folder = resolve_any(name)
+    if (folder / MANIFEST).is_file():
+        return load_artifact(folder)
+    return load_model_folder(folder)

@@ -224,11 +224,30 @@ class EvalCache:
 
     Many ReCode transforms leave some prompts unchanged, and greedy decoding is deterministic,
     so each distinct prompt is generated (and each distinct program run) once.
+
+    Args:
+        store: optional persistent generations (a :class:`.checkpoint.CheckpointScope` of one
+            model): looked up before generating, extended after, so a stopped run resumes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store=None) -> None:
         self.generations: dict[tuple[str, int], tuple[str, dict]] = {}
         self.checks: dict[str, SandboxResult] = {}  # by the program :func:`build_program` writes
+        self.store = store
+
+    def generation(self, loaded, prompt: str, max_new_tokens: int) -> tuple[str, dict, bool]:
+        """``(completion, stats, reused)`` for ``prompt``: from memory, the store, or :func:`generate`."""
+        key = (prompt, max_new_tokens)
+        if key in self.generations:
+            return (*self.generations[key], True)
+        stored = self.store.get([prompt, max_new_tokens]) if self.store is not None else None
+        if isinstance(stored, list) and len(stored) == 2:
+            self.generations[key] = (stored[0], stored[1])
+            return (*self.generations[key], True)
+        completion, stats = self.generations[key] = generate(loaded, prompt, max_new_tokens=max_new_tokens)
+        if self.store is not None:
+            self.store.put([prompt, max_new_tokens], [completion, stats])
+        return completion, stats, False
 
 
 def _pct(passed: int, n: int) -> float:
@@ -257,12 +276,8 @@ def evaluate_humaneval(loaded, problems: list[dict], progress: Callable[[Iterabl
     cache = cache if cache is not None else EvalCache()
     results, passed, gen_ms = [], 0, 0.0
     for prob in progress(problems) if progress else problems:
-        key = (prob["prompt"], max_new_tokens)
-        cached = key in cache.generations
-        if not cached:
-            cache.generations[key] = generate(loaded, prob["prompt"], max_new_tokens=max_new_tokens)
-            gen_ms += cache.generations[key][1]["ms"]
-        completion, stats = cache.generations[key]
+        completion, stats, cached = cache.generation(loaded, prob["prompt"], max_new_tokens)
+        gen_ms += 0.0 if cached else stats["ms"]
         program = build_program(prob, completion)  # prompt, test, entry point and completion
         if program not in cache.checks:
             cache.checks[program] = check(prob, completion, timeout_s=timeout_s, memory_mb=memory_mb)

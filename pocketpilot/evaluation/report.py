@@ -107,6 +107,10 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
     for key in ("tasks", "codexglue", "humaneval"):
         if cfg.get(key):
             out.append(f"- {key}: {cfg[key]}")
+    if cfg.get("checkpoint"):
+        reused = sum((m.get(s) or {}).get("reused", 0) for m in models.values() for s in ("lines", "codexglue", "cost"))
+        out.append(f"- checkpoint: {cfg['checkpoint']} ({reused} line completions and cost results reused from "
+                   f"earlier runs, with the latencies measured then)")
     out.append("")
     if any(m.get("lines") for m in models.values()):
         out += ["## Line completion on raw code", "",

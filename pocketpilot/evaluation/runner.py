@@ -88,6 +88,7 @@ def run_eval(
     recode_categories: list[str] | None = None,
     cost_completions: int = 20,
     baseline: str | None = None,
+    checkpoint: str | Path | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
     """Evaluate ``models`` on ``suites``; the first model is the reference for ratios.
@@ -103,19 +104,25 @@ def run_eval(
         cost_completions: completions timed by the cost suite.
         baseline: ``"llama.cpp"`` runs the first model's teacher GGUF through llama.cpp on the
             ``lines`` and ``codexglue`` prompts (needs the ``bench`` extra).
+        checkpoint: a JSONL file (:mod:`.checkpoint`) that keeps every model output as it is
+            made; outputs already in it (same weights, input and settings) are reused, so an
+            interrupted or split evaluation continues where it stopped.
         log: one-line progress messages.
 
     Returns:
         ``{"config", "models": {label: {"name", "size_bytes", SUITE: result...}}, "ratios", "wall_s"}``;
-        each suite's result is that module's dict; ratios are to the first model.
+        each suite's result is that module's dict (with ``reused``: items taken from the
+        checkpoint); ratios are to the first model.
 
     Raises:
         PocketPilotError: unknown model, suite, or missing data, before any model runs where possible.
     """
-    from pocketpilot.compression.api import load_any
+    from pocketpilot.compression.api import load_any, resolve_any
     from pocketpilot.compression.artifacts import folder_bytes
+    from pocketpilot.evaluation.checkpoint import Checkpoint, model_fingerprint
 
     t_start = time.perf_counter()
+    ckpt = Checkpoint(checkpoint) if checkpoint else None
     if not models:
         models = [None]
     if baseline not in (None, "llama.cpp"):
@@ -143,7 +150,8 @@ def run_eval(
     config = {"suites": suites, "seed": seed, "limit": limit, "tasks": tasks_label if tasks is not None else None,
               "codexglue": f"{codexglue_lang} dev, {len(examples)} examples (seed {seed})" if examples else None,
               "humaneval": f"{len(problems)} problems" if problems else None,
-              "recode_categories": recode_categories, "baseline": baseline}
+              "recode_categories": recode_categories, "baseline": baseline,
+              "checkpoint": str(checkpoint) if checkpoint else None}
     out: dict = {"config": config, "models": {}}
     for name in models:
         label = model_label(name)
@@ -155,21 +163,39 @@ def run_eval(
             loaded = load_any(name)
             entry["size_bytes"] = folder_bytes(loaded.folder, "*.safetensors")
             log(f"   loaded in {time.perf_counter() - t0:.1f} s ({entry['size_bytes'] / 1e6:.0f} MB of weights)")
+            fingerprint = model_fingerprint(loaded.folder) if ckpt is not None else None
             entry.update(_run_model_suites(loaded, model_suites, tasks, examples, problems, recode_categories,
-                                           limit, label, log))
+                                           limit, label, log, None if ckpt is None else (ckpt, fingerprint)))
             del loaded
         if "cost" in suites:
-            from pocketpilot.evaluation.cost import measure_cost
-
-            log(f"   cost: child process, {cost_completions} completions")
-            entry["cost"] = measure_cost(name, tasks, n_completions=min(cost_completions, len(tasks)))
+            entry["cost"] = _cost(name, tasks, min(cost_completions, len(tasks)), log,
+                                  None if ckpt is None else ckpt.scope(model_fingerprint(resolve_any(name)), "cost"))
             entry.setdefault("size_bytes", entry["cost"].get("weights_bytes"))
         out["models"][label] = entry
     if baseline:
         out["models"].update(_run_baseline(models[0], suites, tasks, examples, log))
     out["ratios"] = ratios(out["models"])
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
+    if ckpt is not None:
+        log(ckpt.summary())
     return out
+
+
+def _cost(name, tasks, n_completions: int, log, scope) -> dict:
+    """The cost suite for one model, reused from the checkpoint ``scope`` when it holds a result
+    for the same first ``n_completions`` tasks."""
+    from pocketpilot.evaluation.cost import measure_cost
+
+    item = [n_completions, [[t["prefix"], t.get("suffix", "")] for t in tasks[:n_completions]]]
+    stored = scope.get(item) if scope is not None else None
+    if isinstance(stored, dict):
+        log("   cost: reused from the checkpoint")
+        return {**stored, "reused": 1}
+    log(f"   cost: child process, {n_completions} completions")
+    res = measure_cost(name, tasks, n_completions=n_completions)
+    if scope is not None:
+        scope.put(item, res)
+    return res
 
 
 def _timed(fn, *args, **kw) -> dict:
@@ -180,27 +206,44 @@ def _timed(fn, *args, **kw) -> dict:
     return res
 
 
-def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categories, limit, label, log) -> dict:
+def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categories, limit, label, log,
+                      ckpt=None) -> dict:
+    """The in-process suites for one loaded model; ``ckpt``: ``(Checkpoint, model fingerprint)`` or None."""
+    from dataclasses import asdict
+
+    from pocketpilot.evaluation.checkpoint import CheckpointedEngine
     from pocketpilot.runtime import CompletionEngine
 
     res: dict = {}
-    engine = CompletionEngine(loaded) if {"lines", "codexglue"} & set(suites) else None
+    base = CompletionEngine(loaded) if {"lines", "codexglue"} & set(suites) else None
+
+    def checkpointed():
+        """The engine, wrapped so that its completions are kept in and reused from the checkpoint."""
+        if ckpt is None:
+            return base
+        return CheckpointedEngine(base, ckpt[0].scope(ckpt[1], "complete", asdict(base.settings)))
+
     if "lines" in suites:
         from pocketpilot.evaluation.line_completion import evaluate_lines
 
+        engine = checkpointed()
         res["lines"] = _timed(evaluate_lines, engine, tasks, progress=_tqdm(f"{label} lines"))
+        res["lines"]["reused"] = getattr(engine, "reused", 0)
         log(f"   lines: n={res['lines']['n']} ES {res['lines']['es']:.2f} EM {res['lines']['em']:.2f}% "
             f"p50 {res['lines']['latency_ms_p50']} ms ({res['lines']['wall_s']} s)")
     if "codexglue" in suites:
         from pocketpilot.evaluation.codexglue import evaluate_codexglue
 
+        engine = checkpointed()
         res["codexglue"] = _timed(evaluate_codexglue, engine, examples, progress=_tqdm(f"{label} codexglue"))
+        res["codexglue"]["reused"] = getattr(engine, "reused", 0)
         log(f"   codexglue: n={res['codexglue']['n']} ES {res['codexglue']['es']:.2f} EM {res['codexglue']['em']:.2f}% "
             f"({res['codexglue']['wall_s']} s)")
     if "humaneval" in suites or "recode" in suites:
         from pocketpilot.evaluation.humaneval import EvalCache, evaluate_humaneval, evaluate_recode
 
-        cache = EvalCache()  # nominal HumanEval generations are reused by ReCode's nominal set
+        # nominal HumanEval generations are reused by ReCode's nominal set, and kept in the checkpoint
+        cache = EvalCache(None if ckpt is None else ckpt[0].scope(ckpt[1], "generate"))
         if "humaneval" in suites:
             res["humaneval"] = _timed(evaluate_humaneval, loaded, problems, progress=_tqdm(f"{label} humaneval"),
                                       cache=cache)
