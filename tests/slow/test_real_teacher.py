@@ -15,7 +15,7 @@ from pocketpilot.compression.api import load_artifact
 from pocketpilot.compression.artifacts import sha256_file
 from pocketpilot.evaluation.line_completion import evaluate_lines
 from pocketpilot.evaluation.tasks import default_source_dir, make_tasks
-from pocketpilot.runtime import CompletionEngine, load_model_folder
+from pocketpilot.runtime import CompletionEngine, EngineSettings, load_model_folder
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +68,16 @@ def test_complete_a_line_in_a_real_stdlib_file(int8_artifact, real_home):
     assert result["new_tokens"] >= 1 and result["prompt_tokens"] > 100
 
 
-@pytest.mark.timeout(3600)  # about 6 minutes on an idle 2-core machine; far more when it is shared
+@pytest.mark.timeout(3600)  # about 4 minutes on an idle 2-core machine; far more when it is shared
 def test_int8_es_within_one_point_of_teacher_on_200_real_tasks(int8_artifact, real_home):
-    # 200 tasks: on 50, sampling noise alone moves the ES difference by about 1.5 points
+    # 200 tasks: on 50, sampling noise alone moves the ES difference by about 1.5 points.
+    # Both models see the same 256-token prefix windows (the server's default is 512): the
+    # prefill is most of the time, and the quantization loss does not depend on the window.
     tasks = make_tasks(n=200, seed=0)
     assert len(tasks) == 200
-    teacher = evaluate_lines(CompletionEngine(load_model_folder(real_home / "teachers" / "smollm2-135m")), tasks)
-    int8 = evaluate_lines(CompletionEngine(load_artifact(int8_artifact.artifact_id)), tasks)
+    window = EngineSettings(prefix_tokens=256)
+    teacher = evaluate_lines(CompletionEngine(load_model_folder(real_home / "teachers" / "smollm2-135m"), window), tasks)
+    int8 = evaluate_lines(CompletionEngine(load_artifact(int8_artifact.artifact_id), window), tasks)
     print(f"\nteacher ES {teacher['es']} EM {teacher['em']} | int8 ES {int8['es']} EM {int8['em']}")
     assert teacher["es"] > 20  # a real model, not noise
     assert int8["es"] >= teacher["es"] - 1.0, (teacher["es"], int8["es"])
