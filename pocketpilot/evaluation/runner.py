@@ -111,8 +111,9 @@ def run_eval(
 
     Returns:
         ``{"config", "models": {label: {"name", "size_bytes", SUITE: result...}}, "ratios", "wall_s"}``;
-        each suite's result is that module's dict (with ``reused``: items taken from the
-        checkpoint); ratios are to the first model.
+        each suite's result is that module's dict (``lines``, ``codexglue`` and ``cost`` also give
+        ``reused``: items taken from the checkpoint; HumanEval marks each reused generation
+        ``cached``); ratios are to the first model.
 
     Raises:
         PocketPilotError: unknown model, suite, or missing data, before any model runs where possible.
@@ -155,6 +156,7 @@ def run_eval(
     out: dict = {"config": config, "models": {}}
     for name in models:
         label = model_label(name)
+        fingerprint = None  # of the model's weights, computed once when there is a checkpoint
         log(f"== {label}")
         entry: dict = {"name": name}
         model_suites = [s for s in suites if s != "cost"]
@@ -163,13 +165,16 @@ def run_eval(
             loaded = load_any(name)
             entry["size_bytes"] = folder_bytes(loaded.folder, "*.safetensors")
             log(f"   loaded in {time.perf_counter() - t0:.1f} s ({entry['size_bytes'] / 1e6:.0f} MB of weights)")
-            fingerprint = model_fingerprint(loaded.folder) if ckpt is not None else None
+            if ckpt is not None:
+                fingerprint = model_fingerprint(loaded.folder)
             entry.update(_run_model_suites(loaded, model_suites, tasks, examples, problems, recode_categories,
                                            limit, label, log, None if ckpt is None else (ckpt, fingerprint)))
             del loaded
         if "cost" in suites:
+            if ckpt is not None and fingerprint is None:
+                fingerprint = model_fingerprint(resolve_any(name))
             entry["cost"] = _cost(name, tasks, min(cost_completions, len(tasks)), log,
-                                  None if ckpt is None else ckpt.scope(model_fingerprint(resolve_any(name)), "cost"))
+                                  None if ckpt is None else ckpt.scope(fingerprint, "cost"))
             entry.setdefault("size_bytes", entry["cost"].get("weights_bytes"))
         out["models"][label] = entry
     if baseline:

@@ -162,3 +162,26 @@ def test_report_says_what_came_from_the_checkpoint():
     assert "- checkpoint: ck.jsonl (3 line completions" in markdown(result)
     result["config"]["checkpoint"] = None
     assert "checkpoint" not in markdown(result)
+
+
+def test_cost_results_are_reused_for_the_same_model_and_tasks(tmp_path, tiny_home, monkeypatch):
+    from pocketpilot.compression import get_active
+    from pocketpilot.evaluation import cost
+    from pocketpilot.evaluation.runner import run_eval
+
+    monkeypatch.setenv("POCKETPILOT_HOME", str(tiny_home))
+    runs = []
+
+    def fake_measure_cost(name, tasks, n_completions=20, **kw):
+        runs.append(n_completions)
+        return {"latency_ms_p50": 12.5, "weights_bytes": 100}
+
+    monkeypatch.setattr(cost, "measure_cost", fake_measure_cost)
+    tasks = [{"prefix": f"x{i} = ", "suffix": "", "gt": "1"} for i in range(3)]
+    ck = tmp_path / "ck.jsonl"
+    first = run_eval([get_active()], ["cost"], tasks=tasks, cost_completions=2, checkpoint=ck, log=lambda m: None)
+    again = run_eval([get_active()], ["cost"], tasks=tasks, cost_completions=2, checkpoint=ck, log=lambda m: None)
+    assert runs == [2]
+    assert again["models"][get_active()]["cost"] == {**first["models"][get_active()]["cost"], "reused": 1}
+    run_eval([get_active()], ["cost"], tasks=tasks, cost_completions=3, checkpoint=ck, log=lambda m: None)
+    assert runs == [2, 3]  # other tasks timed: measured again
