@@ -109,8 +109,9 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
             out.append(f"- {key}: {cfg[key]}")
     if cfg.get("checkpoint"):
         reused = sum((m.get(s) or {}).get("reused", 0) for m in models.values() for s in ("lines", "codexglue", "cost"))
-        out.append(f"- checkpoint: {cfg['checkpoint']} ({reused} line completions and cost results reused from "
-                   f"earlier runs, with the latencies measured then)")
+        out.append(f"- checkpoint: {cfg['checkpoint']} ({reused} line completions and cost results taken from "
+                   f"it, made by earlier runs or for a repeated input in this one, with the latencies measured "
+                   f"when each was made)")
     out.append("")
     if any(m.get("lines") for m in models.values()):
         out += ["## Line completion on raw code", "",
