@@ -40,19 +40,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from pocketpilot.compression.artifacts import (
-    artifacts_dir,
-    atomic_dir,
-    disk_error,
-    home,
-    read_json_or_none,
-    set_active,
-    write_json,
-)
+from pocketpilot.store import artifacts_dir, atomic_dir, disk_error, home, read_json_or_none, set_active, write_json
+from pocketpilot.corpus import corpus_entries
 from pocketpilot.errors import PocketPilotError
 
 if TYPE_CHECKING:
-    from pocketpilot.compression.api import CompressResult
+    from pocketpilot.compression.build import CompressResult
 
 log = logging.getLogger(__name__)
 
@@ -194,46 +187,6 @@ class CodeBlocks:
                 "block_tokens": int(self.train.shape[1])}
 
 
-def _path_hash(rel: str) -> float:
-    """Deterministic number in [0, 1) from a relative path (the same on every machine)."""
-    return int(hashlib.sha256(rel.encode()).hexdigest()[:12], 16) / float(1 << 48)
-
-
-def _corpus_entries(roots: list[Path], exts: tuple[str, ...]) -> list[tuple[float, str, Path]]:
-    """``(hash, relative path, path)`` of every source file under ``roots``.
-
-    Raises:
-        PocketPilotError: a root is missing.
-    """
-    from pocketpilot.evaluation.tasks import source_files
-
-    entries: list[tuple[float, str, Path]] = []
-    for root in roots:
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            raise PocketPilotError(f"corpus folder not found: {root}")
-        for path in source_files(root, exts):
-            rel = path.relative_to(root).as_posix()
-            entries.append((_path_hash(rel), rel, path))
-    return entries
-
-
-def held_out_files(roots: list[Path], val_fraction: float = 0.02, exts: tuple[str, ...] = (".py",)) -> list[Path]:
-    """The files :func:`code_blocks` holds out for validation (never trained on), sorted.
-
-    Evaluate a distilled student on tasks cut from these files
-    (``pocketpilot eval --held-out``) so that it is never scored on code it was trained on.
-
-    Raises:
-        PocketPilotError: a root is missing or holds no source file.
-    """
-    entries = sorted(_corpus_entries(roots, exts))
-    if not entries:
-        raise PocketPilotError(f"no {'/'.join(exts)} files under {', '.join(str(r) for r in roots)}")
-    held = [p for h, _, p in entries if h < val_fraction] or [entries[0][2]]
-    return sorted(held)
-
-
 def code_blocks(
     tokenizer,
     roots: list[Path],
@@ -244,7 +197,7 @@ def code_blocks(
 ) -> CodeBlocks:
     """Tokenize the source files under ``roots`` into fixed-length blocks, with held-out files.
 
-    Files are listed with :func:`pocketpilot.evaluation.tasks.source_files` (tests,
+    Files are listed with :func:`pocketpilot.corpus.source_files` (tests,
     ``site-packages`` and ``__pycache__`` skipped). A file goes to validation when the hash of
     its path relative to its root is below ``val_fraction`` (at least one file, the one with the
     smallest hash, is always held out), so the split is the same on every machine and does not
@@ -267,7 +220,7 @@ def code_blocks(
     """
     import torch
 
-    entries = _corpus_entries(roots, exts)
+    entries = corpus_entries(roots, exts)
     where = ", ".join(str(r) for r in roots)
     if not entries:
         raise PocketPilotError(f"the corpus is empty: no {'/'.join(exts)} files under {where} "
@@ -727,7 +680,7 @@ def distill(
     """Distil a teacher into a shallower student and cache it as an artifact.
 
     Args:
-        teacher: teacher spec (see :mod:`pocketpilot.compression.teachers`); ``None`` = default.
+        teacher: teacher spec (see :mod:`pocketpilot.teachers`); ``None`` = default.
         n_layers: student depth (2 .. teacher depth).
         corpus: folder of source files to train on (default: the Python standard library).
         workspace: an extra folder of source files (added to the corpus).
@@ -772,9 +725,10 @@ def distill(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pocketpilot.compression.api import CompressResult, copy_tokenizer_files, finish_artifact
-    from pocketpilot.compression.quantize import calibration_batches, get_method
-    from pocketpilot.compression.teachers import fetch_teacher, parse_spec
-    from pocketpilot.evaluation.tasks import default_source_dir
+    from pocketpilot.compression.calibration import calibration_batches
+    from pocketpilot.compression.methods import get_method
+    from pocketpilot.teachers import fetch_teacher, parse_spec
+    from pocketpilot.corpus import default_source_dir
 
     qmethod = get_method(then) if then and then != "none" else None
     spec = parse_spec(teacher)

@@ -5,7 +5,7 @@ solver (Z3) builds the space of valid student configurations under the size and 
 limits, a multi-objective search finds the Pareto-optimal ones, and the chosen student is
 built (pruned, quantized, optionally distilled). Unlike Avatar, which used FLOPs as the proxy
 for latency and energy, latency here is measured on this machine: a fitted per-layer latency
-model (:class:`LatencyModel`, from :func:`pocketpilot.compression.recipe.probe_speed` timings of
+model (:class:`LatencyModel`, from :func:`pocketpilot.compression.hardware.probe_speed` timings of
 mini models of the teacher's layer shape at every FFN width) ranks the whole space, and every
 evaluated point is then built and timed for real, with the model's error reported. ES is
 measured on held-out line-completion tasks for evaluated points, and predicted for the rest
@@ -47,8 +47,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from pocketpilot.compression.artifacts import home, write_json
-from pocketpilot.compression.recipe import LINE_TOKENS, PROMPT_TOKENS, RAM_SHARE, TeacherShape
+from pocketpilot.store import home, write_json
+from pocketpilot.compression.shapes import LINE_TOKENS, PROMPT_TOKENS, RAM_SHARE, TeacherShape
 from pocketpilot.errors import PocketPilotError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ DISTILL_STEPS = (0, 30, 120)
 TEMPERATURES = (1, 2, 4)
 ALPHAS = (0.5, 0.9)
 #: serving memory beyond the weights: runtime, tokenizer, KV caches (as recipe.predict)
-SERVE_OVERHEAD_BYTES = 400_000_000
+
 
 #: stored bytes per weight of the decoder layers / of the embedding and LM head, per method
 #: (int8: 1 byte + a float32 scale per row; NF4: 4 bits + double-quantized block scales;
@@ -164,7 +164,7 @@ def config_bytes(shape: TeacherShape, cfg: StudentConfig) -> int:
 
 def available_quants() -> tuple[str, ...]:
     """Methods of :data:`QUANTS` whose packages are installed."""
-    from pocketpilot.compression.quantize import get_method
+    from pocketpilot.compression.methods import get_method
     from pocketpilot.errors import MissingDependencyError
 
     out = []
@@ -327,7 +327,7 @@ class SearchSpace:
 
 def make_space(teacher_obj, *, max_bytes: int | None = None, max_params: int | None = None, min_layers: int = 2,
                max_steps: int | None = None, quants: tuple[str, ...] | None = None) -> SearchSpace:
-    """The search space of a fetched teacher (:class:`~pocketpilot.compression.teachers.Teacher`) on this machine.
+    """The search space of a fetched teacher (:class:`~pocketpilot.teachers.Teacher`) on this machine.
 
     Args:
         max_bytes, max_params, min_layers: user constraints (bytes on disk, parameter count, depth).
@@ -379,7 +379,7 @@ def non_dominated(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) -
 class LatencyModel:
     """Predicted prefill / decode / one-line latency of any configuration on this machine.
 
-    Fitted from :func:`pocketpilot.compression.recipe.probe_speed` run on random mini models of
+    Fitted from :func:`pocketpilot.compression.hardware.probe_speed` run on random mini models of
     the teacher's layer shape at each FFN width and each kernel: one layer's decode step (512
     cached tokens) and 128-token prefill, as the 3-layer minus 1-layer difference, plus the LM
     head's one-row matmul bandwidth per kernel. Then::
@@ -399,7 +399,7 @@ class LatencyModel:
     @classmethod
     def fit(cls, shape: TeacherShape, widths: tuple[int, ...], quants: tuple[str, ...]) -> "LatencyModel":
         """Time this machine (about 10 s per FFN width)."""
-        from pocketpilot.compression.recipe import probe_speed
+        from pocketpilot.compression.hardware import probe_speed
 
         kernels = tuple(dict.fromkeys([BODY_KERNEL[q] for q in quants] + [HEAD_KERNEL[q] for q in quants]))
         shapes = tuple(replace(shape, alias=f"{shape.alias}@{w}", ffn=w) for w in widths)
@@ -492,7 +492,7 @@ class Builder:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pocketpilot.compression.quantize import calibration_batches
+        from pocketpilot.compression.calibration import calibration_batches
 
         self.teacher_obj = teacher_obj
         self.progress = progress
@@ -546,9 +546,9 @@ class Builder:
     def build(self, cfg: StudentConfig) -> tuple[str | None, Path]:
         """Build (or reuse) the artifact of ``cfg``; returns ``(artifact id or None, folder)``."""
         from pocketpilot.compression.api import compress, copy_tokenizer_files, finish_artifact
-        from pocketpilot.compression.artifacts import artifacts_dir, atomic_dir, verify_artifact
+        from pocketpilot.store import artifacts_dir, atomic_dir, verify_artifact
         from pocketpilot.compression.distill import distill
-        from pocketpilot.compression.quantize import get_method
+        from pocketpilot.compression.methods import get_method
         from pocketpilot.errors import ArtifactError
 
         aid = self.artifact_id(cfg)
@@ -596,11 +596,11 @@ def measure_point(folder: Path, tasks: list[dict]) -> dict:
     "energy_j_per_completion", "energy_source"}``: bytes of weight files; ms; ES/EM 0-100 on ``tasks``;
     energy from RAPL over the task loop (``None`` and ``"unavailable (no RAPL)"`` where it cannot be read).
     """
-    from pocketpilot.compression.artifacts import weight_files
-    from pocketpilot.compression.quantize import CALIBRATION_FILES
+    from pocketpilot.store import weight_files
+    from pocketpilot.corpus import CALIBRATION_FILES
     from pocketpilot.evaluation.line_completion import evaluate_lines
     from pocketpilot.evaluation.speed import measure_speed
-    from pocketpilot.evaluation.tasks import default_source_dir
+    from pocketpilot.corpus import default_source_dir
     from pocketpilot.runtime import CompletionEngine, load_model_folder
 
     loaded = load_model_folder(folder)
@@ -633,7 +633,7 @@ def search_path(slug: str) -> Path:
 
 def machine_fingerprint() -> dict:
     """CPU model and usable cores: stored figures are only reused on the same machine."""
-    from pocketpilot.compression.recipe import probe_hardware
+    from pocketpilot.compression.hardware import probe_hardware
 
     hw = probe_hardware()
     return {"cpu": hw.cpu_model, "cores": hw.cpus, "machine": platform.machine(),
@@ -706,9 +706,10 @@ def run_search(
     Raises:
         PocketPilotError: an empty space, bad arguments; the errors of compress / distill.
     """
-    from pocketpilot.compression.distill import held_out_files
-    from pocketpilot.compression.teachers import fetch_teacher, parse_spec
-    from pocketpilot.evaluation.tasks import default_source_dir, make_tasks
+    from pocketpilot.corpus import held_out_files
+    from pocketpilot.teachers import fetch_teacher, parse_spec
+    from pocketpilot.corpus import default_source_dir
+    from pocketpilot.evaluation.tasks import make_tasks
 
     progress = progress or (lambda msg, frac: None)
     if evaluate < 0 or tasks < 1:
@@ -808,7 +809,7 @@ def run_search(
     state["seconds"]["evaluation"] = round(state["seconds"].get("evaluation", 0) + time.perf_counter() - t_eval, 1)
 
     for ref in references:
-        from pocketpilot.compression.artifacts import resolve_artifact, verify_artifact
+        from pocketpilot.store import resolve_artifact, verify_artifact
 
         if ref in state.setdefault("references", {}):
             continue
@@ -899,7 +900,7 @@ def load_search(teacher: str | None = None) -> dict | None:
     Raises:
         PocketPilotError: a stored state is not valid JSON.
     """
-    from pocketpilot.compression.teachers import DEFAULT_TEACHER
+    from pocketpilot.teachers import DEFAULT_TEACHER
 
     name = teacher or DEFAULT_TEACHER
     folder = home() / "search"
@@ -979,9 +980,10 @@ def materialize(state: dict, pick: Pick, progress: Progress | None = None, activ
 
     The float32 teacher itself (no artifact) is written as the ``none`` artifact.
     """
-    from pocketpilot.compression.api import CompressResult, compress
-    from pocketpilot.compression.artifacts import artifacts_dir, read_json_or_none, set_active, verify_artifact
-    from pocketpilot.compression.teachers import fetch_teacher, parse_spec
+    from pocketpilot.compression.api import compress
+    from pocketpilot.compression.build import CompressResult
+    from pocketpilot.store import artifacts_dir, read_json_or_none, set_active, verify_artifact
+    from pocketpilot.teachers import fetch_teacher, parse_spec
     from pocketpilot.errors import ArtifactError
 
     progress = progress or (lambda msg, frac: None)

@@ -102,7 +102,7 @@ def speed_text(loaded, tokens: int) -> str:
     Raises:
         PocketPilotError: the standard library's ``json/encoder.py`` is missing.
     """
-    from pocketpilot.evaluation.tasks import default_source_dir
+    from pocketpilot.corpus import default_source_dir
 
     path = default_source_dir() / "json" / "encoder.py"
     try:
@@ -295,7 +295,7 @@ def measure_cost_inproc(
     if any(n < 1 for n in lengths):
         raise PocketPilotError(f"prompt lengths must be >= 1 token, got {list(prompt_lengths)}")
     out: dict = {"folder": str(loaded.folder)}
-    from pocketpilot.compression.artifacts import folder_bytes
+    from pocketpilot.store import folder_bytes
 
     # all files / safetensors only (bytes); stat follows symlinks, so a Hugging Face cache snapshot counts its blobs
     out["size_bytes"] = folder_bytes(Path(loaded.folder))
@@ -355,7 +355,7 @@ def measure_cost_inproc(
 
 
 def _child_measure(args) -> dict:
-    from pocketpilot.compression.api import load_any
+    from pocketpilot.runtime.loader import load_any
     from pocketpilot.evaluation.tasks import read_tasks
 
     if args.threads:

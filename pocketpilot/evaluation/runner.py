@@ -59,8 +59,8 @@ def model_label(name: str | None) -> str:
 
 def teacher_of(name: str | None) -> str | None:
     """The teacher spec behind a model name: itself for a teacher spec, else the artifact manifest's teacher."""
-    from pocketpilot.compression.artifacts import read_json_or_none, resolve_artifact
-    from pocketpilot.compression.teachers import parse_spec
+    from pocketpilot.store import read_json_or_none, resolve_artifact
+    from pocketpilot.teachers import parse_spec
 
     try:
         folder = resolve_artifact(name)
@@ -118,8 +118,8 @@ def run_eval(
     Raises:
         PocketPilotError: unknown model, suite, or missing data, before any model runs where possible.
     """
-    from pocketpilot.compression.api import load_any, resolve_any
-    from pocketpilot.compression.artifacts import folder_bytes
+    from pocketpilot.runtime.loader import load_any, resolve_any
+    from pocketpilot.store import folder_bytes
     from pocketpilot.evaluation.checkpoint import Checkpoint, model_fingerprint
 
     t_start = time.perf_counter()
@@ -130,8 +130,9 @@ def run_eval(
         raise PocketPilotError(f"unknown baseline {baseline!r}; the only one is llama.cpp")
     if "lines" in suites or "cost" in suites or baseline:
         if tasks is None:
-            from pocketpilot.compression.distill import held_out_files
-            from pocketpilot.evaluation.tasks import default_source_dir, make_tasks
+            from pocketpilot.corpus import held_out_files
+            from pocketpilot.corpus import default_source_dir
+            from pocketpilot.evaluation.tasks import make_tasks
 
             root = default_source_dir()
             tasks = make_tasks(root, n=n, seed=seed, files=held_out_files([root]) if held_out else None)
@@ -264,7 +265,7 @@ def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categori
 
 
 def _run_baseline(first: str | None, suites, tasks, examples, log) -> dict:
-    from pocketpilot.compression.teachers import teacher_gguf
+    from pocketpilot.teachers import teacher_gguf
     from pocketpilot.evaluation.llamacpp import LlamaCppEngine
 
     teacher = teacher_of(first)

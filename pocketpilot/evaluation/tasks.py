@@ -8,28 +8,10 @@ from __future__ import annotations
 
 import json
 import random
-import sysconfig
 from pathlib import Path
 
+from pocketpilot.corpus import LANGS, default_source_dir, source_files
 from pocketpilot.errors import PocketPilotError
-
-LANGS = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".go": "go",
-         ".rs": "rust", ".c": "c", ".h": "c", ".cpp": "cpp", ".rb": "ruby", ".lua": "lua"}
-
-
-def default_source_dir() -> Path:
-    """The Python standard library of the running interpreter (the documented default corpus)."""
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def source_files(root: Path, exts: tuple[str, ...] = (".py",)) -> list[Path]:
-    """Source files under ``root`` with one of ``exts``, sorted, skipping tests and site-packages."""
-    skip = {"site-packages", "test", "tests", "__pycache__", "idlelib", "lib2to3"}
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix in exts and p.is_file() and not skip.intersection(p.relative_to(root).parts[:-1])
-    )
-
 
 def make_tasks(root: Path | None = None, n: int = 100, seed: int = 0, min_prefix_chars: int = 200,
                exts: tuple[str, ...] = (".py",), files: list[Path] | None = None) -> list[dict]:

@@ -31,7 +31,7 @@ from typing import Callable
 
 from pocketpilot.errors import PocketPilotError
 from pocketpilot.evaluation.line_completion import percentile
-from pocketpilot.evaluation.tasks import default_source_dir, source_files
+from pocketpilot.corpus import default_source_dir, source_files
 
 
 @dataclass(frozen=True)

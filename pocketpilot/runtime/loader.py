@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pocketpilot.errors import ArtifactError
+from pocketpilot.errors import ArtifactError, UnknownTeacherError
+from pocketpilot.store import MANIFEST, artifacts_dir, list_artifacts, rebuild_command, resolve_artifact, verify_artifact
+from pocketpilot.teachers import ACCEPTED_FORMS, fetch_teacher, parse_spec
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, align_int8_buffers, get_submodule_parent
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
 
     Args:
         folder: a Hugging Face folder (``config.json``, safetensors, tokenizer files), optionally
-            with a ``quantization.json`` sidecar written by :mod:`pocketpilot.compression.quantize`.
+            with a ``quantization.json`` sidecar written by :mod:`pocketpilot.compression.methods`.
         dtype: activation dtype; default: the sidecar's ``compute_dtype``, else the dtype in
             ``config.json``, else float32.
         device: ``"cpu"`` or ``"cuda"`` (the first GPU; bitsandbytes artifacts load there directly).
@@ -160,3 +163,58 @@ def install_int8_modules(model, quant: dict, dtype: torch.dtype) -> None:
         else:
             raise ArtifactError(f"unknown quantized module kind {kind!r} for {path}")
         setattr(parent, name, new)
+
+
+def load_artifact(name: str | None = None):
+    """Verify and load an artifact (id, folder, or ``None`` for the active one).
+
+    Returns a :class:`pocketpilot.runtime.LoadedModel`.
+
+    Raises:
+        ArtifactError: missing, partial or corrupt; the message gives the rebuild command.
+    """
+    folder = resolve_artifact(name)
+    manifest = verify_artifact(folder)
+    try:
+        return load_model_folder(folder)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc}; rebuild it with: {rebuild_command(manifest, folder.name)}") from None
+
+
+def resolve_any(name: str | None = None) -> Path:
+    """The folder behind any model name a user may give (see :func:`load_any`), without loading it.
+
+    A teacher spec is fetched and converted once, as :func:`load_any` does.
+
+    Raises:
+        ArtifactError, UnknownTeacherError, FetchError: with one-line messages.
+    """
+    is_id = name is not None and os.sep not in name and (artifacts_dir() / name).is_dir()  # not a path
+    if name is None or is_id or (Path(name).expanduser() / MANIFEST).is_file():
+        return resolve_artifact(name)
+    try:
+        spec = parse_spec(name)
+    except UnknownTeacherError:
+        cached = ", ".join(r["id"] for r in list_artifacts()) or "none yet"
+        raise UnknownTeacherError(
+            f"{name!r} is neither a cached artifact (cached: {cached}) nor a teacher ({ACCEPTED_FORMS})"
+        ) from None
+    return fetch_teacher(spec).folder
+
+
+def load_any(name: str | None = None):
+    """Load a model for inference by any name a user may give.
+
+    ``name`` may be a cached artifact id, an artifact folder (verified against its manifest),
+    a plain Hugging Face folder, or a teacher spec (packaged alias, ``hf:``, ``.gguf``: fetched
+    and converted once). ``None`` loads the active artifact.
+
+    Returns a :class:`pocketpilot.runtime.LoadedModel`.
+
+    Raises:
+        ArtifactError, UnknownTeacherError, FetchError: with one-line messages.
+    """
+    folder = resolve_any(name)
+    if (folder / MANIFEST).is_file():
+        return load_artifact(folder)
+    return load_model_folder(folder)

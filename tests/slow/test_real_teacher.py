@@ -11,10 +11,11 @@ import zipfile
 import pytest
 
 from pocketpilot.compression import PACKAGED, compress
-from pocketpilot.compression.api import load_artifact
-from pocketpilot.compression.artifacts import sha256_file
+from pocketpilot.runtime.loader import load_artifact
+from pocketpilot.store import sha256_file
 from pocketpilot.evaluation.line_completion import evaluate_lines
-from pocketpilot.evaluation.tasks import default_source_dir, make_tasks
+from pocketpilot.corpus import default_source_dir
+from pocketpilot.evaluation.tasks import make_tasks
 from pocketpilot.runtime import CompletionEngine, EngineSettings, load_model_folder
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,15 @@ from pathlib import Path
 import pytest
 
 from pocketpilot.errors import PocketPilotError
-from pocketpilot.evaluation.codexglue import (code_to_tokens, data_dir, denormalize, evaluate_codexglue,
-                                              load_examples, official_scores, prompt_from_input)
+from pocketpilot.evaluation.codexglue import (
+    code_to_tokens,
+    data_dir,
+    denormalize,
+    evaluate_codexglue,
+    load_examples,
+    official_scores,
+    prompt_from_input,
+)
 
 PY_LITS = {"str": ["a", "utf-8", "U+0020", "U+002CU+0020", "name", "index"], "num": ["0", "1", "1.0"], "char": []}
 JAVA_LITS = {"str": ["U+0020", "\\n"], "num": ["0", "1L"], "char": ["a", "U+0020"]}

@@ -96,7 +96,7 @@ def test_unknown_model_raises_one_line(tiny_home, monkeypatch):
 
 
 def test_inproc_without_codecarbon_and_peak_rss_is_own(tiny_home, monkeypatch):
-    from pocketpilot.compression.api import load_any
+    from pocketpilot.runtime.loader import load_any
 
     monkeypatch.setenv("POCKETPILOT_HOME", str(tiny_home))
     monkeypatch.setitem(sys.modules, "codecarbon", None)  # import codecarbon -> ImportError

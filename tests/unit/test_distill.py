@@ -11,12 +11,12 @@ from pocketpilot.compression.distill import (
     TeacherTopKCache,
     code_blocks,
     distill,
-    held_out_files,
     kd_loss,
     kd_loss_topk,
     make_student,
     student_layer_map,
 )
+from pocketpilot.corpus import held_out_files
 from pocketpilot.errors import PocketPilotError
 
 FAST = dict(block_tokens=32, batch_size=4, lr=3e-3, warmup_steps=0, eval_every=4, checkpoint_every=2)
@@ -180,7 +180,7 @@ def test_a_few_steps_lower_the_kd_loss(deep_teacher, corpus, pp_home):
     assert r["val_after"]["loss"] < r["val_before"]["loss"]
     assert r["command"].startswith(f"pocketpilot distill --teacher {deep_teacher} --layers 2 --steps 12")
     assert res.manifest["artifact_bytes"] < res.manifest["teacher"]["fp32_bytes"]
-    from pocketpilot.compression import compress  # the student is an ordinary artifact: it can be quantized later
+    from pocketpilot.compression import compress# the student is an ordinary artifact: it can be quantized later
 
     q = compress(str(res.folder), "int8", eval_tasks=0)
     assert q.manifest["recipe"]["source_artifact"] == {"artifact_id": res.artifact_id, "method": "distill",
@@ -284,8 +284,8 @@ def test_bad_input_is_one_clear_line_and_leaves_no_artifact(case, message, deep_
 
 
 def test_distill_then_int8_completes_code(deep_teacher, corpus, pp_home):
-    from pocketpilot.compression.api import load_any
-    from pocketpilot.compression.artifacts import get_active, rebuild_command, verify_artifact
+    from pocketpilot.runtime.loader import load_any
+    from pocketpilot.store import get_active, rebuild_command, verify_artifact
     from pocketpilot.runtime import CompletionEngine
 
     res = distill(str(deep_teacher), 3, corpus=corpus, steps=40, then="int8", show_progress=False,

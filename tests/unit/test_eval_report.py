@@ -137,7 +137,7 @@ def test_llama_cpp_missing_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_teacher_gguf_needs_a_gguf_teacher(tmp_path, pp_home):
-    from pocketpilot.compression.teachers import teacher_gguf
+    from pocketpilot.teachers import teacher_gguf
     from pocketpilot.errors import FetchError
 
     g = tmp_path / "m.gguf"

@@ -126,7 +126,7 @@ def tiny_loaded(request):
 
     if request.param == "float":
         return load_model_folder(request.getfixturevalue("tiny_teacher"))
-    from pocketpilot.compression.api import load_artifact
+    from pocketpilot.runtime.loader import load_artifact
 
     mp = pytest.MonkeyPatch()
     mp.setenv("POCKETPILOT_HOME", str(request.getfixturevalue("tiny_home")))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pocketpilot.compression import compress, list_artifacts, verify_artifact
-from pocketpilot.compression.api import load_artifact
+from pocketpilot.runtime.loader import load_artifact
 from pocketpilot.errors import ArtifactError, PocketPilotError, UnknownMethodError, UnknownTeacherError
 from pocketpilot.runtime import CompletionEngine, load_model_folder
 from pocketpilot.runtime.qlinear import Int8Linear, dequantize_per_channel, quantize_per_channel
@@ -149,7 +149,7 @@ def test_misaligned_int8_weights_are_safe_and_loaded_weights_are_aligned(pp_home
 def test_bnb_methods_are_registered_and_a_missing_package_names_the_pip_command(pp_home, tiny_teacher, monkeypatch):
     import importlib.util
 
-    from pocketpilot.compression.quantize import METHODS
+    from pocketpilot.compression.methods import METHODS
     from pocketpilot.errors import MissingDependencyError
 
     assert {"bnb-int8", "bnb-nf4"} <= set(METHODS)

@@ -243,7 +243,7 @@ def test_int8_float_head_roundtrip(tiny_model, tiny_deep_teacher_folder, tmp_pat
     import copy
 
     from pocketpilot.compression.api import copy_tokenizer_files
-    from pocketpilot.compression.quantize import get_method
+    from pocketpilot.compression.methods import get_method
     from pocketpilot.runtime.loader import load_model_folder
     from pocketpilot.runtime.qlinear import Int8Linear
 
@@ -303,7 +303,7 @@ def test_tiny_search_end_to_end(tiny_search, tiny_deep_teacher_folder, monkeypat
         m = r["measured"]
         assert m["bytes"] > 0 and m["line_ms"] > 0 and 0 <= m["es"] <= 100 and r["predicted"]["line_ms"] > 0
     built = [r for r in state["evaluated"] if r["artifact_id"]]
-    from pocketpilot.compression.artifacts import artifacts_dir, read_manifest
+    from pocketpilot.store import artifacts_dir, read_manifest
 
     for r in built:
         manifest = read_manifest(artifacts_dir() / r["artifact_id"])
@@ -332,7 +332,7 @@ def test_tiny_search_resumes_without_rebuilding(tiny_search, tiny_deep_teacher_f
 
 def test_search_cli_explain_pick_and_compress(tiny_search, tiny_deep_teacher_folder, monkeypatch, capsys):
     from pocketpilot.cli import main
-    from pocketpilot.compression.artifacts import get_active
+    from pocketpilot.store import get_active
 
     home, state = tiny_search
     monkeypatch.setenv("POCKETPILOT_HOME", str(home))
@@ -353,7 +353,7 @@ def test_search_cli_explain_pick_and_compress(tiny_search, tiny_deep_teacher_fol
 
 def test_compress_for_this_machine_uses_the_stored_front(tiny_search, tiny_deep_teacher_folder, monkeypatch):
     from pocketpilot.compression import recipe
-    from pocketpilot.compression.artifacts import get_active, read_manifest, resolve_artifact
+    from pocketpilot.store import get_active, read_manifest, resolve_artifact
 
     home, state = tiny_search
     monkeypatch.setenv("POCKETPILOT_HOME", str(home))

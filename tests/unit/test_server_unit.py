@@ -1,6 +1,7 @@
 """Server logic that needs precise timing, tested in-process with a controllable engine."""
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -9,7 +10,7 @@ from lsprotocol import types
 from pygls.workspace import Workspace
 
 from pocketpilot.errors import PositionError
-from pocketpilot.lsp_server.server import PocketPilotServer
+from pocketpilot.lsp_server.server import PocketPilotServer, on_initialize
 from pocketpilot.lsp_server.settings import ServerSettings
 from pocketpilot.runtime.engine import Completion
 
@@ -58,11 +59,40 @@ async def test_positions_outside_the_document(ls):
     assert ls.engine.calls == []
 
 
-def test_settings_parse_bad_values_fall_back():
-    s, problems = ServerSettings.parse({"maxNewTokens": 8, "prefixTokens": -1, "bogus": 1, "artifact": "x"})
+def test_settings_parse_bad_values_fall_back(caplog):
+    with caplog.at_level(logging.WARNING, logger="pocketpilot.lsp_server.settings"):
+        s, problems = ServerSettings.parse({"maxNewTokens": 8, "prefixTokens": -1, "bogus": 1, "artifact": "x"})
     assert s.max_new_tokens == 8 and s.prefix_tokens == ServerSettings().prefix_tokens and s.artifact == "x"
-    assert len(problems) == 2
+    assert problems == ["setting 'prefixTokens' must be an integer >= 1, got -1; using 512"]
+    assert "unknown settings ignored: 'bogus'" in caplog.text  # unknown keys are logged, not shown
     assert ServerSettings.parse("nope")[0] == ServerSettings()
+
+
+def test_settings_parse_is_strict_and_keeps_the_good_values():
+    """No coercion: strings, floats and booleans are not integers; bounds come from the schema."""
+    s, problems = ServerSettings.parse({"draftTokens": 16, "kvCacheMb": "5", "suffixTokens": 1.0, "maxNewTokens": True,
+                                        "artifact": 3, "contextTokens": 0, "debounceMs": 5})
+    assert (s.context_tokens, s.debounce_ms) == (0, 5)
+    assert (s.draft_tokens, s.kv_cache_mb, s.suffix_tokens, s.max_new_tokens, s.artifact) == (8, 256, 128, 48, None)
+    assert len(problems) == 5
+    assert "setting 'draftTokens' must be an integer >= 0 and <= 15, got 16; using 8" in problems
+    assert ServerSettings.parse({"artifact": ""})[0].artifact is None  # empty = the active artifact
+    with pytest.raises(ValueError, match="draft_tokens must be an integer >= 0 and <= 15, got 16"):
+        ServerSettings(draft_tokens=16)
+
+
+def test_bad_settings_give_one_warning_naming_each_setting_and_its_default(ls, monkeypatch):
+    shown = []
+    monkeypatch.setattr(ls, "window_show_message", shown.append)
+    on_initialize(ls, types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                             initialization_options={"maxNewTokens": 0, "multiline": "yes", "x": 1}))
+    assert ls.settings == ServerSettings()
+    assert len(shown) == 1 and shown[0].type == types.MessageType.Warning
+    assert "'maxNewTokens' must be an integer >= 1, got 0; using 48" in shown[0].message
+    assert "'multiline' must be true or false, got 'yes'; using True" in shown[0].message
+    on_initialize(ls, types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                             initialization_options={"maxNewTokens": 16, "y": 2}))
+    assert ls.settings.max_new_tokens == 16 and len(shown) == 1  # good values and unknown keys: no message
 
 
 class SlowEngine:
@@ -152,6 +182,7 @@ def test_new_settings_parse_and_reach_the_engine():
     assert s.context_tokens == ServerSettings().context_tokens and s.block_max_tokens == ServerSettings().block_max_tokens
     assert len(problems) == 2
     e = s.engine_settings()
+    assert type(e).__name__ == "EngineSettings" and e == type(e)(multiline=False, kv_cache_mb=0)
     assert not e.multiline and e.kv_cache_mb == 0
     assert ServerSettings.parse({"multiline": 1})[1] == ["setting 'multiline' must be true or false, got 1; using True"]
 

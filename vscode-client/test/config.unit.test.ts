@@ -3,10 +3,12 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { CLIENT_ONLY_SETTINGS, documentSelector, initializationOptions, RESTART_SETTINGS, SERVER_SETTING_DEFAULTS, serverCommand } from "../src/config";
+import {
+  CLIENT_ONLY_SETTINGS, documentSelector, initializationOptions, RESTART_SETTINGS, SERVER_SETTING_DEFAULTS, SERVER_SETTINGS, serverCommand,
+} from "../src/config";
 
 const pkg = JSON.parse(readFileSync(join(__dirname, "..", "..", "package.json"), "utf8"));
-const contributed: Record<string, { default: unknown }> = Object.assign(
+const contributed: Record<string, { default: unknown; type: unknown; minimum?: number; maximum?: number }> = Object.assign(
   {}, ...pkg.contributes.configuration.map((c: { properties: object }) => c.properties));
 
 test("defaults: no settings gives the server defaults", () => {
@@ -46,13 +48,29 @@ test("empty artifact means the active artifact", () => {
   assert.equal(initializationOptions((k) => (k === "artifact" ? "" : undefined)).options.artifact, null);
 });
 
-test("package.json contributes every server setting with the same default", () => {
-  for (const [key, value] of Object.entries(SERVER_SETTING_DEFAULTS)) {
-    assert.ok(contributed[`pocketpilot.${key}`], key);
-    assert.deepEqual(contributed[`pocketpilot.${key}`].default, value, key);
-  }
+test("server settings are package.json's contributed settings less the client-only ones, with its facts", () => {
   const names = Object.keys(contributed).map((k) => k.replace(/^pocketpilot\./, ""));
-  assert.deepEqual(names.filter((n) => !(n in SERVER_SETTING_DEFAULTS)).sort(), [...CLIENT_ONLY_SETTINGS].sort());
+  assert.deepEqual(Object.keys(SERVER_SETTINGS).sort(), names.filter((n) => !(CLIENT_ONLY_SETTINGS as readonly string[]).includes(n)).sort());
+  for (const [key, s] of Object.entries(SERVER_SETTINGS)) {
+    assert.deepEqual(s, contributed[`pocketpilot.${key}`], key);
+    assert.deepEqual(SERVER_SETTING_DEFAULTS[key], contributed[`pocketpilot.${key}`].default, key);
+  }
+});
+
+test("integer bounds are package.json's: the bound is accepted, one past it is not", () => {
+  const integers = Object.entries(contributed).filter(([, p]) => p.type === "integer");
+  assert.ok(integers.length >= 8, "the integer settings are found");
+  for (const [name, p] of integers) {
+    const key = name.replace(/^pocketpilot\./, "");
+    for (const [bound, step] of [[p.minimum, -1], [p.maximum, 1]] as const) {
+      if (bound === undefined) continue;
+      assert.equal(initializationOptions((k) => (k === key ? bound : undefined)).options[key], bound, `${key} = ${bound}`);
+      const { options, problems } = initializationOptions((k) => (k === key ? bound + step : undefined));
+      assert.equal(options[key], p.default, `${key} = ${bound + step}`);
+      assert.equal(problems.length, 1, `${key} = ${bound + step}`);
+      assert.match(problems[0], new RegExp(`${step < 0 ? ">=" : "<="} ${bound}`));
+    }
+  }
 });
 
 test("package.json client-only marker matches the code", () => {

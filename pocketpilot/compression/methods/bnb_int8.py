@@ -1,0 +1,30 @@
+"""``bnb-int8``: bitsandbytes LLM.int8() (Dettmers et al., NeurIPS 2022, "LLM.int8(): 8-bit Matrix
+Multiplication for Transformers at Scale"): vector-wise int8 weights, outlier activation columns
+(> 6.0) in float16; the embedding and LM head stay in the load dtype (float32 on CPU). CUDA, and CPU with bitsandbytes >= 0.48.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pocketpilot.compression.methods import QuantMethod
+from pocketpilot.compression.methods._bnb import BNB, bnb_in_memory, bnb_probe_linear, bnb_quantize
+
+
+def _apply(model, out: Path, calibration: list | None = None) -> dict:
+    import torch  # lazy: torch
+    from transformers import BitsAndBytesConfig  # lazy: transformers
+
+    cfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)
+    details = bnb_quantize(model, out, cfg, torch.float16 if torch.cuda.is_available() else torch.float32)
+    return {"weights": "int8 vector-wise (LLM.int8)", "activations": "int8 with fp16 outlier columns (threshold 6.0)",
+            **details}
+
+
+METHOD = QuantMethod(
+    name="bnb-int8", description="bitsandbytes LLM.int8(): int8 weights, fp16 outlier columns (needs bitsandbytes)",
+    body_bytes_per_weight=1.0, head_bytes_per_weight=4.0, compute_dtype="float32", quality_tier=1,
+    apply=_apply, in_memory=lambda model: bnb_in_memory(model, four_bit=False),
+    probe_linear=lambda lin: bnb_probe_linear(lin, four_bit=False), head_kernel="none",
+    requires=BNB, search=False, rank=50,
+)
