@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pocketpilot.store import atomic_dir, folder_bytes, read_json_or_none, sha256_file, teachers_dir, write_json
+from pocketpilot.store import (
+    Progress,
+    atomic_dir,
+    folder_bytes,
+    home,
+    read_json_or_none,
+    sha256_file,
+    teachers_dir,
+    write_json,
+)
 from pocketpilot.errors import FetchError, UnknownTeacherError
 
 log = logging.getLogger(__name__)
@@ -34,7 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TEACHER = "smollm2-135m"
 TEACHER_INFO = "teacher.json"
 
-Progress = Callable[[str, float | None], None]
+
 
 
 @dataclass(frozen=True)
@@ -272,7 +281,6 @@ def teacher_gguf(spec: str | None, progress: Progress | None = None) -> Path:
         FetchError: the teacher has no GGUF (an ``hf:`` id or a folder), or the download failed.
         UnknownTeacherError: ``spec`` is not a teacher spec.
     """
-    from pocketpilot.store import atomic_dir, home
 
     progress = progress or (lambda msg, frac: None)
     parsed = parse_spec(spec)

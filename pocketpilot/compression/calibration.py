@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pocketpilot.corpus import CALIBRATION_FILES, calibration_texts
+from pocketpilot.corpus import calibration_texts
 
 
 def calibration_batches(tokenizer, n: int = 8, tokens: int = 512) -> list:
-    """Token-id tensors ``[1, tokens]`` (int64) from up to ``n`` of :data:`CALIBRATION_FILES`.
+    """Token-id tensors ``[1, tokens]`` (int64) from up to ``n`` of :data:`pocketpilot.corpus.CALIBRATION_FILES`.
 
     Files shorter than ``tokens`` tokens, or missing, are skipped, so the list may be empty.
     """

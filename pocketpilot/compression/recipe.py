@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from pocketpilot.compression.api import compress
+from pocketpilot.compression.build import CompressResult
 from pocketpilot.compression.hardware import HardwareProfile, SpeedProbe, probe_hardware, probe_speed
 from pocketpilot.compression.methods import METHODS, QuantMethod
 from pocketpilot.compression.search import load_search, materialize, pick_for_budget
@@ -38,7 +39,7 @@ from pocketpilot.evaluation.line_completion import evaluate_lines
 from pocketpilot.evaluation.tasks import make_tasks
 from pocketpilot.runtime.engine import CompletionEngine
 from pocketpilot.runtime.loader import load_artifact
-from pocketpilot.store import MANIFEST, write_json
+from pocketpilot.store import Progress, no_progress, write_manifest
 
 #: default latency budget: one-line completion p50, ms
 DEFAULT_BUDGET_MS = 300.0
@@ -202,7 +203,8 @@ def front_pick(profile: HardwareProfile, budget_ms: float, teachers: tuple[Teach
 
 
 def compress_for_this_machine(budget_ms: float = DEFAULT_BUDGET_MS, *, eval_tasks: int = 10, force: bool = False,
-                              progress=None, teachers: tuple[TeacherShape, ...] = TEACHERS):
+                              progress: Progress | None = None,
+                              teachers: tuple[TeacherShape, ...] = TEACHERS) -> tuple[CompressResult, "Decision"]:
     """Probe this machine, choose a recipe, compress, measure the real latency, and make it active.
 
     When ``pocketpilot search`` has stored a measured front for a teacher on this machine, its
@@ -220,7 +222,7 @@ def compress_for_this_machine(budget_ms: float = DEFAULT_BUDGET_MS, *, eval_task
     Raises:
         PocketPilotError: nothing fits in memory; and the errors of :func:`pocketpilot.compression.compress`.
     """
-    progress = progress or (lambda msg, frac: None)
+    progress = progress or no_progress
     progress("probing this machine (cores, ISA, memory, kernel speeds)", 0.0)
     profile = probe_hardware()
     speed = probe_speed(teachers)
@@ -237,21 +239,24 @@ def compress_for_this_machine(budget_ms: float = DEFAULT_BUDGET_MS, *, eval_task
     else:
         progress(f"chose {decision.teacher} {decision.method}: {decision.reason}", 0.05)
         result = compress(decision.teacher, decision.method, force=force, eval_tasks=eval_tasks, progress=progress)
-        predicted = None
-    manifest = result.manifest
-    measured = (manifest.get("metrics") or {}).get("artifact", {}).get("latency_ms_p50")
-    if measured is None and eval_tasks > 0:  # a cached artifact built without measurements
-        progress(f"measuring {result.artifact_id} on {eval_tasks} line-completion tasks", 0.9)
-        measured = evaluate_lines(CompletionEngine(load_artifact(result.artifact_id)),
-                                  make_tasks(n=eval_tasks, seed=0))["latency_ms_p50"]
-    if predicted is None:
         predicted = next(r for r in decision.candidates if r["chosen"])["line_ms"]
-    manifest["machine_decision"] = {
+    measured = _measured_line_ms(result, eval_tasks, progress)
+    result.manifest.machine_decision = {
         **decision.to_json(), "profile": asdict(profile), "speed_probe": asdict(speed),
         "source": "search front" if decision.method.startswith("search:") else "recipe chooser",
         "predicted_line_ms": predicted, "measured_line_ms_p50": measured,
         "measured_meets_budget": None if measured is None else measured <= budget_ms,
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(result.folder / MANIFEST, manifest)
+    write_manifest(result.folder, result.manifest)
     return result, decision
+
+
+def _measured_line_ms(result: CompressResult, eval_tasks: int, progress: Progress) -> float | None:
+    """The artifact's measured one-line p50 (ms): from its manifest, else measured now on ``eval_tasks`` tasks."""
+    measured = (result.manifest.metrics or {}).get("artifact", {}).get("latency_ms_p50")
+    if measured is None and eval_tasks > 0:  # a cached artifact built without measurements
+        progress(f"measuring {result.artifact_id} on {eval_tasks} line-completion tasks", 0.9)
+        measured = evaluate_lines(CompletionEngine(load_artifact(result.artifact_id)),
+                                  make_tasks(n=eval_tasks, seed=0))["latency_ms_p50"]
+    return measured
