@@ -8,9 +8,11 @@ import logging
 import os
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from pocketpilot.errors import PocketPilotError, PositionError
+from pocketpilot.teachers import ACCEPTED_FORMS, DEFAULT_TEACHER, fetch_teacher, parse_spec
 
 
 def _stderr_progress(message: str, fraction: float | None) -> None:
@@ -27,19 +29,17 @@ def _human(n: int) -> str:
 
 
 def cmd_compress(args) -> int:
-    from pocketpilot.compression import compress
+    from pocketpilot.compression import compress  # lazy: torch
 
     decision = None
     if args.for_this_machine:
         if args.teacher or args.method:
             raise PocketPilotError("--for-this-machine chooses the teacher and method itself; drop --teacher/--method")
-        from pocketpilot.compression.recipe import compress_for_this_machine
+        from pocketpilot.compression.recipe import compress_for_this_machine  # lazy: torch
 
         res, decision = compress_for_this_machine(args.budget_ms, eval_tasks=args.eval_tasks, force=args.force,
                                                   progress=_stderr_progress)
     else:
-        from pocketpilot.compression.teachers import DEFAULT_TEACHER
-
         res = compress(args.teacher or DEFAULT_TEACHER, args.method or "int8", force=args.force,
                        eval_tasks=args.eval_tasks, progress=_stderr_progress)
     s = res.summary()
@@ -69,9 +69,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from dataclasses import asdict
-
-    from pocketpilot.compression.recipe import choose_recipe, probe_hardware, probe_speed
+    from pocketpilot.compression.recipe import choose_recipe, probe_hardware, probe_speed  # lazy: torch
 
     profile = probe_hardware()
     print("probing kernel speeds (about 30 s) ...", file=sys.stderr, flush=True)
@@ -107,15 +105,13 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from pocketpilot.compression import search
+    from pocketpilot.compression import search  # lazy: torch, z3
 
     max_bytes = int(args.max_mb * 1e6) if args.max_mb is not None else None
     if args.max_mb is not None and args.max_mb <= 0:
         raise PocketPilotError(f"--max-mb must be positive; got {args.max_mb:g}")
     quants = tuple(q.strip() for q in args.methods.split(",") if q.strip()) if args.methods else None
     if args.explain:
-        from pocketpilot.compression.teachers import fetch_teacher, parse_spec
-
         space = search.make_space(fetch_teacher(parse_spec(args.teacher), _stderr_progress), max_bytes=max_bytes,
                                   max_params=args.max_params, min_layers=args.min_layers, max_steps=args.max_steps,
                                   quants=quants)
@@ -155,7 +151,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from pocketpilot.compression.distill import distill
+    from pocketpilot.compression.distill import distill  # lazy: torch
 
     budget = {"steps": args.steps} if args.steps is not None else {"minutes": args.minutes}
     res = distill(args.teacher, args.layers, corpus=args.corpus, workspace=args.workspace, then=args.then,
@@ -186,7 +182,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from pocketpilot.compression import home, list_artifacts
+    from pocketpilot.compression import home, list_artifacts  # lazy: the compression package
 
     rows = list_artifacts()
     if args.json:
@@ -232,8 +228,8 @@ def read_position(path: Path, line: int, col: int) -> tuple[str, str]:
 
 
 def cmd_complete(args) -> int:
-    from pocketpilot.compression.api import load_any
-    from pocketpilot.runtime import CompletionEngine, EngineSettings
+    from pocketpilot.runtime.loader import load_any  # lazy: torch
+    from pocketpilot.runtime import CompletionEngine, EngineSettings  # lazy: torch
 
     prefix, suffix = read_position(Path(args.file), args.line, args.col)
     if args.as_typed:
@@ -256,7 +252,7 @@ def cmd_complete(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pocketpilot.lsp_server.server import run
+    from pocketpilot.lsp_server.server import run  # lazy: pygls, only serve needs it
 
     run(tcp_port=args.tcp, host=args.host, artifact=args.model)
     return 0
@@ -264,14 +260,14 @@ def cmd_serve(args) -> int:
 
 def _held_out(root: Path) -> list[Path]:
     """Files under ``root`` that distillation holds out for validation."""
-    from pocketpilot.compression.distill import held_out_files
+    from pocketpilot.corpus import held_out_files  # lazy: only eval make-tasks --held-out needs it
 
     return held_out_files([root])
 
 
 def cmd_eval(args) -> int:
-    from pocketpilot.compression.api import load_any
-    from pocketpilot.evaluation.tasks import make_tasks, read_tasks, write_tasks
+    from pocketpilot.runtime.loader import load_any  # lazy: torch
+    from pocketpilot.evaluation.tasks import make_tasks, read_tasks, write_tasks  # lazy: the evaluation package
 
     if args.models and args.models[0] == "make-tasks":
         if len(args.models) != 2:
@@ -283,8 +279,8 @@ def cmd_eval(args) -> int:
         print(f"wrote {len(tasks)} tasks to {out}", file=sys.stderr)
         return 0
     if args.speed:
-        from pocketpilot.evaluation.speed import measure_speed
-        from pocketpilot.evaluation.tasks import default_source_dir
+        from pocketpilot.evaluation.speed import measure_speed  # lazy: torch
+        from pocketpilot.corpus import default_source_dir  # lazy: only --speed needs it
 
         text = (default_source_dir() / "json" / "encoder.py").read_text() * 2
         for name in args.models or [None]:
@@ -292,7 +288,7 @@ def cmd_eval(args) -> int:
             print(f"{name or 'active'}: prefill {res['prompt_tokens']} tokens {res['prefill_ms']} ms, "
                   f"decode {res['decode_ms_per_token']} ms/token")
         return 0
-    from pocketpilot.evaluation.runner import parse_suites, run_eval
+    from pocketpilot.evaluation.runner import parse_suites, run_eval  # lazy: torch
 
     if args.from_json:
         try:
@@ -315,8 +311,8 @@ def cmd_eval(args) -> int:
 
 
 def _eval_output(args, result: dict) -> int:
-    from pocketpilot.evaluation.report import markdown, write_report
-    from pocketpilot.evaluation.runner import slim
+    from pocketpilot.evaluation.report import markdown, write_report  # lazy: matplotlib
+    from pocketpilot.evaluation.runner import slim  # lazy: torch
 
     if args.json:
         _write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
@@ -363,7 +359,7 @@ def _server_settings(pairs: list[str]) -> dict:
 
 
 def cmd_bench(args) -> int:
-    from pocketpilot.evaluation.typing_replay import run_typing_bench
+    from pocketpilot.evaluation.typing_replay import run_typing_bench  # lazy: starts the server (torch)
 
     res = run_typing_bench(Path(args.source_dir) if args.source_dir else None, files=args.files, lines=args.lines,
                            seed=args.seed, cps=args.cps, debounce_ms=args.debounce_ms, artifact=args.model,
@@ -390,12 +386,20 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pocketpilot.compression.teachers import ACCEPTED_FORMS, DEFAULT_TEACHER
+    """The ``pocketpilot`` argument parser: one sub-parser per command, each with ``func`` set to its handler.
 
+    Builds without importing torch (``--help`` and ``serve`` start fast; a test checks it).
+    """
     p = argparse.ArgumentParser(prog="pocketpilot", description="On-device code completion from a model compressed for this machine.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_compress, _add_doctor, _add_distill, _add_search, _add_list, _add_complete, _add_serve,
+                _add_eval, _add_bench):  # this order is the order ``--help`` lists them in
+        add(sub)
+    return p
 
+
+def _add_compress(sub) -> None:
     c = sub.add_parser("compress", help="compress a teacher into a cached artifact and make it active")
     c.add_argument("--teacher", help=f"teacher spec (default {DEFAULT_TEACHER}): {ACCEPTED_FORMS}")
     c.add_argument("--method", help=METHOD_HELP)
@@ -410,11 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes)")
     c.set_defaults(func=cmd_compress)
 
+
+def _add_doctor(sub) -> None:
     dr = sub.add_parser("doctor", help="probe this machine (cores, ISA, RAM, CUDA, MPS) and say which recipe it would choose")
     dr.add_argument("--budget-ms", type=float, default=300.0, help="one-line completion p50 budget, ms (default 300)")
     dr.add_argument("--json", action="store_true", help="print the profile, speed probe and decision as JSON")
     dr.set_defaults(func=cmd_doctor)
 
+
+def _add_distill(sub) -> None:
     d = sub.add_parser("distill", help="distil a teacher into a shallower student (knowledge distillation) and cache it")
     d.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER})")
     d.add_argument("--layers", type=int, required=True, metavar="N", help="student layers (2 .. the teacher's)")
@@ -437,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print a JSON summary (sizes in bytes, losses in nats/token)")
     d.set_defaults(func=cmd_distill)
 
+
+def _add_search(sub) -> None:
     se = sub.add_parser("search", help="search pruned / quantized / distilled students (Z3 space, measured Pareto "
                                        "front) and pick one for a latency budget")
     se.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"teacher spec (default {DEFAULT_TEACHER})")
@@ -460,10 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="print the pick and the whole search state as JSON")
     se.set_defaults(func=cmd_search)
 
+
+def _add_list(sub) -> None:
     ls = sub.add_parser("list", help="list cached artifacts (* = active)")
     ls.add_argument("--json", action="store_true", help="print JSON (sizes in bytes)")
     ls.set_defaults(func=cmd_list)
 
+
+def _add_complete(sub) -> None:
     k = sub.add_parser("complete", help="print the completion at a position of a file")
     k.add_argument("file", help="source file")
     k.add_argument("--line", type=int, required=True, help="line number, 1-based (as editors show it)")
@@ -477,12 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print text, token counts and timings as JSON")
     k.set_defaults(func=cmd_complete)
 
+
+def _add_serve(sub) -> None:
     s = sub.add_parser("serve", help="run the language server (stdio by default)")
     s.add_argument("--tcp", type=int, metavar="PORT", help="listen on TCP instead of stdio")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--model", help="artifact id or folder (default: the active artifact)")
     s.set_defaults(func=cmd_serve)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="measure models: line completion, CodeXGLUE, HumanEval, ReCode, cost; "
                                     "or: eval make-tasks DIR --n N --seed S --out FILE")
     e.add_argument("models", nargs="*", help="artifact ids/folders or teacher specs (default: the active artifact)")
@@ -516,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt-tokens", type=int, default=512, help="--speed: prompt length in tokens")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks that print figures: bench typing")
     b.add_argument("which", choices=["typing"], help="typing: replay typing against the real server (stdio)")
     b.add_argument("--source-dir", help="folder of .py files to type from (default: the Python standard library)")
@@ -530,7 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server setting for both runs, camelCase as in initializationOptions (repeatable)")
     b.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     b.set_defaults(func=cmd_bench)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ def test_complete_prints_the_completion(tiny_home, tmp_path):
     (["complete", "{missing}", "--line", "1", "--col", "1"], "file not found"),
     (["complete", "{file}", "--line", "7", "--col", "1"], "line 7 is outside"),
     (["complete", "{file}", "--line", "1", "--col", "1", "--model", "nope-int8"], "'nope-int8' is neither a cached artifact (cached: none yet) nor a teacher"),
-    (["compress", "--method", "int4"], "unknown method 'int4'; supported: none, bf16, bnb-int8, bnb-nf4, int8"),
+    (["compress", "--method", "int4"], "unknown method 'int4'; supported: int8, int8-fhead, bf16, none, bnb-int8, bnb-nf4"),
     (["compress", "--teacher", "gpt-17"], "unknown teacher 'gpt-17'"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys, monkeypatch):
@@ -76,7 +76,7 @@ def test_list_json(tiny_home, monkeypatch, capsys):
 
 def test_method_help_names_every_registered_method():
     from pocketpilot.cli import METHOD_HELP
-    from pocketpilot.compression.quantize import METHODS
+    from pocketpilot.compression.methods import METHODS
 
     assert all(f"{name}" in METHOD_HELP for name in METHODS)
 
