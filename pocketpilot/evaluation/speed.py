@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from pocketpilot.runtime.kvcache import cache_keyword, returned_cache
+
 
 @torch.inference_mode()
 def measure_speed(loaded, text: str, prompt_tokens: int = 512, new_tokens: int = 32, repeats: int = 3) -> dict:
@@ -29,15 +31,16 @@ def measure_speed(loaded, text: str, prompt_tokens: int = 512, new_tokens: int =
     if len(ids) < prompt_tokens:
         raise ValueError(f"text has {len(ids)} tokens, need {prompt_tokens}")
     model = loaded.model
+    cache_kw = cache_keyword(model)  # "cache" where transformers renamed it; "past_key_values" warns there
     prefill, decode = [], []
     for run in range(repeats + 1):
         t0 = time.perf_counter()
         out = model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
         t1 = time.perf_counter()
-        cache, nxt = out.past_key_values, out.logits[0, -1].argmax()
+        cache, nxt = returned_cache(out), out.logits[0, -1].argmax()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt.view(1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache, nxt = out.past_key_values, out.logits[0, -1].argmax()
+            out = model(input_ids=nxt.view(1, 1), use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            cache, nxt = returned_cache(out), out.logits[0, -1].argmax()
         t2 = time.perf_counter()
         if run:  # the first run warms up
             prefill.append((t1 - t0) * 1e3)

@@ -9,6 +9,11 @@ internals differ from what this relies on (``Cache.layer_class_to_replicate``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from typing import Any
+
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
@@ -83,3 +88,43 @@ def cache_bytes(cache) -> int | None:
     if not layers or not all(isinstance(layer, GrowingLayer) for layer in layers):
         return None
     return sum(layer.nbytes for layer in layers)
+
+
+def crop_to(cache, tokens: int) -> None:
+    """Keep the keys/values of the first ``tokens`` tokens of ``cache`` (a no-op if it holds no more).
+
+    Works for any transformers ``Cache`` with ``get_seq_length`` and ``crop``.
+    """
+    extra = cache.get_seq_length() - tokens
+    if extra > 0:
+        cache.crop(-extra)  # a negative count removes that many tokens (transformers 4.x and 5.x)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_cache(model_class: type) -> bool:
+    return "cache" in inspect.signature(model_class.forward).parameters
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword that takes a KV cache for ``model``.
+
+    Newer transformers 5.x name it ``cache`` and warn ("`past_key_values` is deprecated ...
+    Use `cache` instead") when given ``past_key_values``; older releases only know
+    ``past_key_values``. Read from the signature of the model class's ``forward`` (cached per class).
+    """
+    return "cache" if _forward_takes_cache(type(model)) else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (``None`` if none), read without the deprecated name.
+
+    Args:
+        out: a transformers ``ModelOutput``; its field is ``cache`` in newer transformers 5.x
+            (reading ``past_key_values`` there warns), ``past_key_values`` before.
+    """
+    return out.get("cache" if _output_has_cache(type(out)) else "past_key_values")
+
+
+@functools.lru_cache(maxsize=None)
+def _output_has_cache(output_class: type) -> bool:
+    return dataclasses.is_dataclass(output_class) and "cache" in {f.name for f in dataclasses.fields(output_class)}

@@ -1,7 +1,7 @@
 import shutil
 
 from pocketpilot.compression import compress
-from pocketpilot.compression.api import load_artifact
+from pocketpilot.runtime.loader import load_artifact
 from pocketpilot.runtime import CompletionEngine, EngineSettings, load_model_folder
 from tiny import FIM_TOKENS
 
@@ -60,7 +60,7 @@ def test_block_mode_completes_the_body_and_only_after_an_opener(tiny_teacher):
 def test_token_healing_completes_inside_a_word(tiny_teacher):
     engine = CompletionEngine(load_model_folder(tiny_teacher))
     ids = engine.build_prompt("def add(a, b):\n    ret", "")
-    healed, removed = engine._heal(ids)
+    healed, removed = engine.healer.heal(ids)
     k = len(ids) - len(healed)
     assert 1 <= k <= 3 and healed == ids[:-k] and removed == engine.tokenizer.decode(ids[-k:]) and removed.endswith("ret")
     assert engine.complete("def add(a, b):\n    ret", "\n").text == "urn a + b"
@@ -87,8 +87,8 @@ def test_cancelled_prefill_keeps_its_keys_and_values_for_the_next_request(tiny_t
     text = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y"
     calls = []
     stopped = engine.complete(text, "", cache_key="d", should_stop=lambda: calls.append(1) or len(calls) > 1)
-    assert stopped.cancelled and stopped.new_tokens == 0 and 0 < len(engine._docs["d"].ids) < stopped.prompt_tokens
-    fed = len(engine._docs["d"].ids)
+    assert stopped.cancelled and stopped.new_tokens == 0 and 0 < len(engine.docs["d"].ids) < stopped.prompt_tokens
+    fed = len(engine.docs["d"].ids)
     again = engine.complete(text, "", cache_key="d")
     assert again.reused_tokens == fed and again.text == " = y"
 
@@ -147,10 +147,10 @@ def test_prefix_window_start_is_stable_and_lru_is_bounded(tiny_teacher):
     engine = CompletionEngine(loaded, EngineSettings(prefix_tokens=24))
     text = "def add(a, b):\n    return a + b\n" * 6 + "for item in items:\n    total = total +"
     engine.complete(text[:-3], "", cache_key="a")
-    start = engine._docs["a"].window_start
+    start = engine.docs["a"].window_start
     assert 0 < start and text[start - 1] == "\n"
     second = engine.complete(text + " 1", "", cache_key="a")  # not what was suggested: no typed-ahead
-    assert engine._docs["a"].window_start == start and second.reused_tokens > 10 and not second.typed_ahead
+    assert engine.docs["a"].window_start == start and second.reused_tokens > 10 and not second.typed_ahead
     small = CompletionEngine(loaded, EngineSettings(kv_cache_mb=0))
     small.complete("def add(a, b):\n    return", "\n", cache_key="x")
     assert small.cached_bytes == 0
@@ -159,7 +159,7 @@ def test_prefix_window_start_is_stable_and_lru_is_bounded(tiny_teacher):
     lru.settings = EngineSettings(kv_cache_mb=max(1, int(one_doc)))
     for key in ("a", "b", "c"):
         lru.complete(text, "", cache_key=key)
-    assert list(lru._docs)[-1] == "c" and lru.cached_bytes <= lru.settings.kv_cache_mb * 1_000_000
+    assert list(lru.docs)[-1] == "c" and lru.cached_bytes <= lru.settings.kv_cache_mb * 1_000_000
 
 
 def test_random_typing_with_cancellations_matches_fresh_completions(tiny_teacher, monkeypatch):
@@ -189,11 +189,11 @@ def test_random_typing_with_cancellations_matches_fresh_completions(tiny_teacher
 
 
 def test_prompt_lookup_drafts_save_steps_without_changing_the_output(tiny_teacher):
-    from pocketpilot.runtime.engine import _lookup_draft
+    from pocketpilot.runtime.decoding import lookup_draft
 
-    assert _lookup_draft([5, 6, 7, 8, 9, 5, 6, 7], 3) == [8, 9, 5]  # after the earlier 5 6 7
-    assert _lookup_draft([1, 2, 3, 4], 3) == []
-    assert _lookup_draft([1, 2, 9, 1, 2], 2) == [9, 1]  # falls back to a 2-gram
+    assert lookup_draft([5, 6, 7, 8, 9, 5, 6, 7], 3) == [8, 9, 5]  # after the earlier 5 6 7
+    assert lookup_draft([1, 2, 3, 4], 3) == []
+    assert lookup_draft([1, 2, 9, 1, 2], 2) == [9, 1]  # falls back to a 2-gram
     loaded = load_model_folder(tiny_teacher)
     spec, plain = CompletionEngine(loaded), CompletionEngine(loaded, EngineSettings(draft_tokens=0))
     text = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n" * 2

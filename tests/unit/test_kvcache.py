@@ -1,9 +1,12 @@
 """GrowingLayer behaves like transformers' DynamicLayer, without copying on every append."""
 
+import logging
+import warnings
+
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from pocketpilot.runtime.kvcache import GrowingLayer, cache_bytes, new_cache
+from pocketpilot.runtime.kvcache import GrowingLayer, cache_bytes, cache_keyword, crop_to, new_cache, returned_cache
 
 
 @torch.inference_mode()
@@ -31,11 +34,31 @@ def test_new_cache_uses_growing_layers_and_reports_its_bytes(tiny_teacher):
     model = load_model_folder(tiny_teacher).model
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     cache = new_cache()
-    ours = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+    kw = cache_keyword(model)
+    ours = model(input_ids=ids, use_cache=True, **{kw: cache}).logits
     theirs = model(input_ids=ids, use_cache=True).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert all(isinstance(layer, GrowingLayer) for layer in cache.layers)
     assert cache_bytes(cache) == sum(layer.nbytes for layer in cache.layers) > 0
-    step = model(input_ids=torch.tensor([[11]]), past_key_values=cache, use_cache=True).logits
+    step = model(input_ids=torch.tensor([[11]]), use_cache=True, **{kw: cache}).logits
     full = model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11]])).logits[:, -1:]
     assert torch.allclose(step, full, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_cache_keyword_and_returned_cache_avoid_the_deprecated_name(tiny_teacher, monkeypatch):
+    from pocketpilot.runtime import load_model_folder
+
+    model = load_model_folder(tiny_teacher).model
+    logged = []  # transformers logs its deprecations with Logger.warning_once (once per process, so not cached here)
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: logged.append(str(msg)), raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a FutureWarning for `past_key_values` would fail here
+        cache = returned_cache(model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True))
+        again = returned_cache(model(input_ids=torch.tensor([[8]]), use_cache=True, **{cache_keyword(model): cache}))
+    assert again is cache and cache.get_seq_length() == 4
+    assert not [m for m in logged if "deprecated" in m], logged
+    crop_to(cache, 2)
+    assert cache.get_seq_length() == 2
+    crop_to(cache, 10)  # holds fewer: unchanged
+    assert cache.get_seq_length() == 2
