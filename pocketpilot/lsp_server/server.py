@@ -200,9 +200,14 @@ server = PocketPilotServer()
 
 @server.feature(types.INITIALIZE)
 def on_initialize(ls: PocketPilotServer, params: types.InitializeParams) -> None:
+    """Parse the settings; bad values are logged and shown in ONE ``window/showMessage`` warning
+    (the spec allows it before the ``initialize`` response), which names each and its default."""
     ls.settings, problems = ServerSettings.parse(params.initialization_options)
     for p in problems:
         log.warning("%s", p)
+    if problems:
+        text = "PocketPilot: bad settings ignored: " + " | ".join(problems)
+        ls.window_show_message(types.ShowMessageParams(types.MessageType.Warning, text))
 
 
 @server.feature(types.INITIALIZED)

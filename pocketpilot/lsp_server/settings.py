@@ -1,98 +1,106 @@
-"""Server settings, parsed once from ``initializationOptions``."""
+"""Server settings, parsed once from ``initializationOptions`` with cattrs.
+
+The engine's settings and the schema (name, type, default, bounds, description of each) are
+declared in :mod:`pocketpilot.runtime.settings`; this module adds the two settings only the
+server reads and the parser. ``vscode-client/package.json`` must contribute the same settings
+with the same facts (``tests/unit/test_vscode_settings.py``); the extension reads its bounds
+from there.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from pocketpilot.runtime.settings import EngineSettings
+import cattrs
+from cattrs.errors import ClassValidationError
+from cattrs.gen import make_dict_structure_fn, override
+
+from pocketpilot.runtime.settings import EngineSettings, Setting, schema, setting
 
 log = logging.getLogger(__name__)
 
-#: smallest accepted value of each integer setting
-MINIMUM = {"max_new_tokens": 1, "prefix_tokens": 1, "suffix_tokens": 0, "block_max_tokens": 1,
-           "context_tokens": 0, "kv_cache_mb": 0, "debounce_ms": 0, "draft_tokens": 0}
-
-#: largest accepted value of the integer settings that have one
-MAXIMUM = {"draft_tokens": 15}
-
 
 @dataclass(frozen=True)
-class ServerSettings:
-    """Settings a client may pass in ``initializationOptions`` (camelCase keys).
+class ServerSettings(EngineSettings):
+    """Settings a client may pass in ``initializationOptions`` (camelCase keys): the engine's
+    (:class:`EngineSettings`) plus ``artifact`` and ``debounceMs``. :func:`schema` lists each
+    one's type, default, bounds and description.
 
-    Attributes:
-        artifact: artifact id or folder to serve (``artifact``); ``None`` = the active one.
-        max_new_tokens: decode at most this many tokens per one-line completion (``maxNewTokens``).
-        prefix_tokens: context window before the cursor, in tokens (``prefixTokens``).
-        suffix_tokens: context window after the cursor for FIM models, in tokens (``suffixTokens``).
-        multiline: complete a whole block body on a blank line after a block opener (``multiline``).
-        block_max_tokens: decode at most this many tokens for a block body (``blockMaxTokens``).
-        context_tokens: budget for snippets from other open documents, in tokens; 0 = none
-            (``contextTokens``).
-        kv_cache_mb: memory for per-document KV caches, MB; 0 turns KV-cache and typed-ahead
-            reuse off (``kvCacheMb``).
-        draft_tokens: prompt-lookup draft tokens checked per decode step (speculative decoding,
-            same output); 0 = off (``draftTokens``).
-        debounce_ms: wait this long (ms) before starting a completion and drop it if a newer
-            request for the document arrived meanwhile; 0 = no wait, clients debounce
-            (``debounceMs``).
+    Raises:
+        ValueError: a value outside its bounds or of the wrong type (on creation; :meth:`parse`
+            never raises).
     """
 
-    artifact: str | None = None
-    max_new_tokens: int = EngineSettings.max_new_tokens
-    prefix_tokens: int = EngineSettings.prefix_tokens
-    suffix_tokens: int = EngineSettings.suffix_tokens
-    multiline: bool = EngineSettings.multiline
-    block_max_tokens: int = EngineSettings.block_max_tokens
-    context_tokens: int = EngineSettings.context_tokens
-    kv_cache_mb: int = EngineSettings.kv_cache_mb
-    draft_tokens: int = EngineSettings.draft_tokens
-    debounce_ms: int = 0
-
-    @staticmethod
-    def camel(name: str) -> str:
-        head, *rest = name.split("_")
-        return head + "".join(w.title() for w in rest)
+    artifact: str | None = setting(None, "Artifact id or folder to serve; empty (null) serves the active artifact "
+                                         "(the last one `pocketpilot compress` made).")
+    debounce_ms: int = setting(0, "Server-side wait (ms) before starting a suggestion, dropped if you type on; "
+                                  "VS Code already debounces, so 0 is usual.", minimum=0)
 
     @classmethod
     def parse(cls, options: object) -> tuple["ServerSettings", list[str]]:
-        """Parse ``initializationOptions``; bad or unknown entries are skipped, never fatal.
+        """Parse ``initializationOptions``; bad entries are skipped (their default is used), never fatal.
 
-        Returns ``(settings, problems)``: ``problems`` are one-line messages for the log.
+        Unknown keys are logged (warning) and ignored.
+
+        Returns:
+            ``(settings, problems)``: one line per bad value, naming the setting (camelCase),
+            what it must be, the value given and the default used, e.g.
+            ``setting 'maxNewTokens' must be an integer >= 1, got 0; using 48``.
         """
-        values: dict = {}
-        problems: list[str] = []
         if options is None:
-            return cls(), problems
+            return cls(), []
         if not isinstance(options, dict):
             return cls(), [f"initializationOptions must be an object, got {type(options).__name__}; using defaults"]
-        known = {cls.camel(f.name): f for f in fields(cls)}
-        for key, value in options.items():
-            f = known.get(key)
-            if f is None:
-                problems.append(f"unknown setting {key!r} ignored (known: {', '.join(known)})")
-            elif f.name == "artifact":
-                if value is None or isinstance(value, str):
-                    values[f.name] = value or None
-                else:
-                    problems.append("setting 'artifact' must be a string; using the active artifact")
-            elif isinstance(f.default, bool):
-                if isinstance(value, bool):
-                    values[f.name] = value
-                else:
-                    problems.append(f"setting {key!r} must be true or false, got {value!r}; using {f.default}")
-            elif isinstance(value, int) and not isinstance(value, bool) and MINIMUM[f.name] <= value <= MAXIMUM.get(f.name, value):
-                values[f.name] = value
-            else:
-                bound = f" and <= {MAXIMUM[f.name]}" if f.name in MAXIMUM else ""
-                problems.append(f"setting {key!r} must be an integer >= {MINIMUM[f.name]}{bound}, got {value!r}; "
-                                f"using {f.default}")
-        return cls(**values), problems
+        known = {s.key: s for s in SCHEMA}
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            log.warning("unknown settings ignored: %s (known: %s)", ", ".join(map(repr, unknown)), ", ".join(known))
+        given = {k: v for k, v in options.items() if k in known}
+        try:
+            return _CONVERTER.structure(given, cls), []
+        except ClassValidationError as exc:
+            failed = {note.name: str(err) for err, note in exc.group_exceptions()[0]}
+        bad = [s for s in SCHEMA if s.name in failed]
+        problems = [f"setting {s.key!r} {failed[s.name]}, got {given[s.key]!r}; using {_shown(s.default)}" for s in bad]
+        rest = {k: v for k, v in given.items() if known[k].name not in failed}
+        return _CONVERTER.structure(rest, cls), problems
 
     def engine_settings(self) -> EngineSettings:
-        """The :class:`EngineSettings` these settings ask for."""
-        return EngineSettings(max_new_tokens=self.max_new_tokens, prefix_tokens=self.prefix_tokens,
-                              suffix_tokens=self.suffix_tokens, multiline=self.multiline,
-                              block_max_tokens=self.block_max_tokens, context_tokens=self.context_tokens,
-                              kv_cache_mb=self.kv_cache_mb, draft_tokens=self.draft_tokens)
+        """The :class:`EngineSettings` these settings ask for (the engine's fields, same values)."""
+        return EngineSettings(**{s.name: getattr(self, s.name) for s in schema(EngineSettings)})
+
+
+#: every server setting, in field order (the engine's first)
+SCHEMA: list[Setting] = schema(ServerSettings)
+
+
+def _shown(default: Any) -> str:
+    """A default as the problem line shows it (``None`` is the client's ``null``)."""
+    return "null (the default)" if default is None else str(default)
+
+
+def _strict(s: Setting) -> Callable[[Any, Any], Any]:
+    """A cattrs structure hook accepting only values :meth:`Setting.check` accepts (no coercion:
+    ``"5"``, ``1.5`` and ``true`` are not integers); an empty string means ``None``."""
+
+    def structure(value: Any, _type: Any) -> Any:
+        reason = s.check(value)
+        if reason is not None:
+            raise ValueError(reason)
+        return (value or None) if isinstance(value, str) else value
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    """A converter structuring camelCase dicts into :class:`ServerSettings`, one strict hook per
+    setting, reporting every failing attribute (detailed validation)."""
+    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    overrides = {s.name: override(rename=s.key, struct_hook=_strict(s)) for s in SCHEMA}
+    conv.register_structure_hook(ServerSettings, make_dict_structure_fn(ServerSettings, conv, **overrides))
+    return conv
+
+
+_CONVERTER = _make_converter()
