@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pocketpilot.compression.distill import decoder_layers_path, student_layer_map
 from pocketpilot.errors import PocketPilotError
 
 #: FFN widths are kept at a multiple of this many channels (SIMD/GEMM friendly).
@@ -43,8 +44,6 @@ def decoder_layers(model) -> nn.ModuleList:
     Raises:
         PocketPilotError: no such list.
     """
-    from pocketpilot.compression.distill import decoder_layers_path
-
     return model.get_submodule(decoder_layers_path(model))
 
 
@@ -118,8 +117,6 @@ def pick_layers(n_teacher: int, n_keep: int, how: str = "even", influence: list[
     Raises:
         PocketPilotError: bad depth, unknown ``how``, or missing influence scores.
     """
-    from pocketpilot.compression.distill import student_layer_map
-
     if how == "even":
         return student_layer_map(n_teacher, n_keep)
     if how != "influence":

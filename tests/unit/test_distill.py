@@ -174,21 +174,21 @@ def test_a_few_steps_lower_the_kd_loss(deep_teacher, corpus, pp_home):
     student, _ = _load(res.folder)
     after = _train_kd(student, teacher, blocks)
     assert after < 0.8 * before, (before, after)
-    r = res.manifest["recipe"]
+    r = res.manifest.recipe
     assert r["method"] == "distill" and r["layer_map"] == [0, 3] and r["steps"] == 12
     assert r["tokens_seen"] == 12 * 4 * 32 and r["temperature"] == 2.0 and r["alpha"] == 0.5
     assert r["val_after"]["loss"] < r["val_before"]["loss"]
     assert r["command"].startswith(f"pocketpilot distill --teacher {deep_teacher} --layers 2 --steps 12")
-    assert res.manifest["artifact_bytes"] < res.manifest["teacher"]["fp32_bytes"]
-    from pocketpilot.compression import compress# the student is an ordinary artifact: it can be quantized later
+    assert res.manifest.artifact_bytes < res.manifest.teacher.fp32_bytes
+    from pocketpilot.compression import compress  # the student is an ordinary artifact: it can be quantized later
 
     q = compress(str(res.folder), "int8", eval_tasks=0)
-    assert q.manifest["recipe"]["source_artifact"] == {"artifact_id": res.artifact_id, "method": "distill",
+    assert q.manifest.recipe["source_artifact"] == {"artifact_id": res.artifact_id, "method": "distill",
                                                        "teacher": str(deep_teacher)}
 
 
 def test_resume_continues_where_it_stopped(deep_teacher, corpus, tmp_path, monkeypatch):
-    import pocketpilot.compression.distill as D
+    import pocketpilot.compression.distill.run as D  # the run loop looks up kd_loss there
 
     def run(home, steps, **kw):
         monkeypatch.setenv("POCKETPILOT_HOME", str(home))
@@ -197,14 +197,14 @@ def test_resume_continues_where_it_stopped(deep_teacher, corpus, tmp_path, monke
     straight = run(tmp_path / "a", 8)
     first = run(tmp_path / "b", 4)
     resumed = run(tmp_path / "b", 8)
-    assert first.manifest["recipe"]["steps"] == 4 and first.manifest["recipe"]["resumed_from_step"] is None
-    r = resumed.manifest["recipe"]
+    assert first.manifest.recipe["steps"] == 4 and first.manifest.recipe["resumed_from_step"] is None
+    r = resumed.manifest.recipe
     assert r["resumed_from_step"] == 4 and r["steps"] == 8 and r["tokens_seen"] == 8 * 4 * 32
     assert [h["step"] for h in r["train_history"]] == list(range(1, 9))
     # same data order, weights, AdamW moments and LR schedule: the same student as without a stop
     a, b = _load(straight.folder)[0].state_dict(), _load(resumed.folder)[0].state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert r["train_history"] == straight.manifest["recipe"]["train_history"]
+    assert r["train_history"] == straight.manifest.recipe["train_history"]
 
     # an interrupted run (Ctrl-C in step 6) keeps its checkpoint and no artifact; the rerun resumes
     real, calls = D.kd_loss, []
@@ -221,10 +221,10 @@ def test_resume_continues_where_it_stopped(deep_teacher, corpus, tmp_path, monke
     monkeypatch.setattr(D, "kd_loss", real)
     _no_artifact(tmp_path / "c")
     again = run(tmp_path / "c", 8)
-    assert again.manifest["recipe"]["resumed_from_step"] == 5
+    assert again.manifest.recipe["resumed_from_step"] == 5
     c = _load(again.folder)[0].state_dict()
     assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
-    assert run(tmp_path / "c", 8, resume=False).manifest["recipe"]["resumed_from_step"] is None
+    assert run(tmp_path / "c", 8, resume=False).manifest.recipe["resumed_from_step"] is None
 
 
 def _enospc(*args, **kwargs):
@@ -292,7 +292,7 @@ def test_distill_then_int8_completes_code(deep_teacher, corpus, pp_home):
                   **{**FAST, "checkpoint_every": 40, "eval_every": 40})
     assert res.artifact_id.endswith("-distill3-int8") and get_active() == res.artifact_id
     manifest = verify_artifact(res.folder)
-    r = manifest["recipe"]
+    r = manifest.recipe
     assert r["method"] == "distill+int8" and r["quantization"]["quantized_modules"] > 0
     assert (res.folder / "quantization.json").is_file()
     assert rebuild_command(manifest, res.artifact_id).endswith("--then int8")
@@ -317,7 +317,7 @@ def test_topk_cached_run_reuses_teacher_logits_across_epochs(deep_teacher, corpu
     _, tok = _load(deep_teacher)
     per_epoch = len(code_blocks(tok, [corpus], block_tokens=32).train) // 4
     res = distill(str(deep_teacher), 2, corpus=corpus, steps=per_epoch + 3, top_k=16, show_progress=False, **FAST)
-    r = res.manifest["recipe"]
+    r = res.manifest.recipe
     assert r["top_k"] == 16 and r["topk_cache"] == {"blocks": per_epoch * 4, "hits": 12, "misses": per_epoch * 4}
     assert r["val_after"]["kd"] < r["val_before"]["kd"]
 
@@ -329,4 +329,4 @@ def test_a_broken_checkpoint_says_to_start_over(deep_teacher, corpus, pp_home):
     (ckpt / "optimizer.bin").unlink()
     with pytest.raises(PocketPilotError, match="cannot resume from .*; start over with --no-resume"):
         distill(str(deep_teacher), 2, steps=4, **run)
-    assert distill(str(deep_teacher), 2, steps=4, resume=False, **run).manifest["recipe"]["steps"] == 4
+    assert distill(str(deep_teacher), 2, steps=4, resume=False, **run).manifest.recipe["steps"] == 4
