@@ -11,8 +11,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from pocketpilot.compression.methods import METHODS
 from pocketpilot.errors import PocketPilotError, PositionError
-from pocketpilot.teachers import ACCEPTED_FORMS, DEFAULT_TEACHER, fetch_teacher, parse_spec
+from pocketpilot.teachers import (
+    ACCEPTED_FORMS,
+    DEFAULT_TEACHER,
+    fetch_teacher,
+    parse_spec,
+)
 
 
 def _stderr_progress(message: str, fraction: float | None) -> None:
@@ -35,7 +41,9 @@ def cmd_compress(args) -> int:
     if args.for_this_machine:
         if args.teacher or args.method:
             raise PocketPilotError("--for-this-machine chooses the teacher and method itself; drop --teacher/--method")
-        from pocketpilot.compression.recipe import compress_for_this_machine  # lazy: torch
+        from pocketpilot.compression.recipe import (
+            compress_for_this_machine,  # lazy: torch
+        )
 
         res, decision = compress_for_this_machine(args.budget_ms, eval_tasks=args.eval_tasks, force=args.force,
                                                   progress=_stderr_progress)
@@ -44,7 +52,7 @@ def cmd_compress(args) -> int:
                        eval_tasks=args.eval_tasks, progress=_stderr_progress)
     s = res.summary()
     if decision is not None:
-        s["machine_decision"] = {k: res.manifest["machine_decision"][k] for k in
+        s["machine_decision"] = {k: res.manifest.machine_decision[k] for k in
                                  ("teacher", "method", "budget_ms", "meets_budget", "reason", "predicted_line_ms",
                                   "measured_line_ms_p50", "measured_meets_budget")}
     if args.json:
@@ -69,7 +77,11 @@ def cmd_compress(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from pocketpilot.compression.recipe import choose_recipe, probe_hardware, probe_speed  # lazy: torch
+    from pocketpilot.compression.recipe import (  # lazy: torch
+        choose_recipe,
+        probe_hardware,
+        probe_speed,
+    )
 
     profile = probe_hardware()
     print("probing kernel speeds (about 30 s) ...", file=sys.stderr, flush=True)
@@ -160,7 +172,7 @@ def cmd_distill(args) -> int:
                   batch_size=args.batch_size, lr=args.lr, top_k=args.top_k, **budget)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun: the main process reports
         return 0
-    s, r = res.summary(), res.manifest["recipe"]
+    s, r = res.summary(), res.manifest.recipe
     keys = ("n_layers", "teacher_layers", "layer_map", "steps", "tokens_seen", "train_minutes", "train_loss",
             "val_before", "val_after", "teacher_val_ce", "resumed_from_step", "run_dir")
     s["distill"] = {k: r[k] for k in keys}
@@ -182,7 +194,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from pocketpilot.compression import home, list_artifacts  # lazy: the compression package
+    from pocketpilot.store import home, list_artifacts
 
     rows = list_artifacts()
     if args.json:
@@ -228,8 +240,8 @@ def read_position(path: Path, line: int, col: int) -> tuple[str, str]:
 
 
 def cmd_complete(args) -> int:
-    from pocketpilot.runtime.loader import load_any  # lazy: torch
     from pocketpilot.runtime import CompletionEngine, EngineSettings  # lazy: torch
+    from pocketpilot.runtime.loader import load_any  # lazy: torch
 
     prefix, suffix = read_position(Path(args.file), args.line, args.col)
     if args.as_typed:
@@ -260,14 +272,20 @@ def cmd_serve(args) -> int:
 
 def _held_out(root: Path) -> list[Path]:
     """Files under ``root`` that distillation holds out for validation."""
-    from pocketpilot.corpus import held_out_files  # lazy: only eval make-tasks --held-out needs it
+    from pocketpilot.corpus import (
+        held_out_files,  # lazy: only eval make-tasks --held-out needs it
+    )
 
     return held_out_files([root])
 
 
 def cmd_eval(args) -> int:
+    from pocketpilot.evaluation.tasks import (  # lazy: the evaluation package
+        make_tasks,
+        read_tasks,
+        write_tasks,
+    )
     from pocketpilot.runtime.loader import load_any  # lazy: torch
-    from pocketpilot.evaluation.tasks import make_tasks, read_tasks, write_tasks  # lazy: the evaluation package
 
     if args.models and args.models[0] == "make-tasks":
         if len(args.models) != 2:
@@ -279,8 +297,8 @@ def cmd_eval(args) -> int:
         print(f"wrote {len(tasks)} tasks to {out}", file=sys.stderr)
         return 0
     if args.speed:
-        from pocketpilot.evaluation.speed import measure_speed  # lazy: torch
         from pocketpilot.corpus import default_source_dir  # lazy: only --speed needs it
+        from pocketpilot.evaluation.speed import measure_speed  # lazy: torch
 
         text = (default_source_dir() / "json" / "encoder.py").read_text() * 2
         for name in args.models or [None]:
@@ -337,11 +355,9 @@ def _write_text(path: Path, text: str) -> None:
         raise PocketPilotError(f"cannot write {path} ({exc.strerror or exc}); check the path and free disk space") from None
 
 
-#: ``--method`` help, kept here so that ``--help`` and ``serve`` start without importing torch
-#: (a test checks it names every method in the registry).
-METHOD_HELP = ("int8 (default): weight-only per-channel int8, activation-aware scales; "
-               "int8-fhead: int8 layers, float32 embedding and LM head; bf16: bfloat16 weights; none: float32 copy of the teacher; "
-               "bnb-int8: bitsandbytes LLM.int8(); bnb-nf4: bitsandbytes 4-bit NF4 (both need: pip install bitsandbytes)")
+def method_help() -> str:
+    """``--method`` help: every registered method with its description (the registry imports no torch)."""
+    return "; ".join(f"{m.name}{' (default)' if m.name == 'int8' else ''}: {m.description}" for m in METHODS.values())
 
 
 def _server_settings(pairs: list[str]) -> dict:
@@ -359,7 +375,9 @@ def _server_settings(pairs: list[str]) -> dict:
 
 
 def cmd_bench(args) -> int:
-    from pocketpilot.evaluation.typing_replay import run_typing_bench  # lazy: starts the server (torch)
+    from pocketpilot.evaluation.typing_replay import (
+        run_typing_bench,  # lazy: starts the server (torch)
+    )
 
     res = run_typing_bench(Path(args.source_dir) if args.source_dir else None, files=args.files, lines=args.lines,
                            seed=args.seed, cps=args.cps, debounce_ms=args.debounce_ms, artifact=args.model,
@@ -402,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_compress(sub) -> None:
     c = sub.add_parser("compress", help="compress a teacher into a cached artifact and make it active")
     c.add_argument("--teacher", help=f"teacher spec (default {DEFAULT_TEACHER}): {ACCEPTED_FORMS}")
-    c.add_argument("--method", help=METHOD_HELP)
+    c.add_argument("--method", help=method_help())
     c.add_argument("--for-this-machine", action="store_true",
                    help="probe this machine and choose teacher and method for --budget-ms and its memory "
                         "(see `pocketpilot doctor`); the decision is recorded in the manifest")

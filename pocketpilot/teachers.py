@@ -210,7 +210,7 @@ def _folder_teacher(spec: TeacherSpec, slug: str, folder: Path, source: str) -> 
 
 
 def _snapshot(spec: TeacherSpec, progress: Progress) -> Path:
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import constants, snapshot_download  # lazy: hub client, only for hf: specs
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
@@ -366,7 +366,7 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     Raises:
         FetchError: the file is not a GGUF model ``transformers`` can read.
     """
-    import torch
+    import torch  # lazy: torch (teachers is read by the torch-free CLI help)
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

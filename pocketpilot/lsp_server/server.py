@@ -23,6 +23,7 @@ from pygls.lsp.server import LanguageServer
 from pocketpilot import __version__
 from pocketpilot.errors import PocketPilotError, PositionError
 from pocketpilot.lsp_server.settings import ServerSettings
+from pocketpilot.runtime.context import best_snippets
 
 log = logging.getLogger("pocketpilot.server")
 
@@ -85,8 +86,9 @@ class PocketPilotServer(LanguageServer):
 
     async def load_model(self) -> None:
         """Load the configured artifact in a worker thread, with ``$/progress``; report problems with the fix."""
-        from pocketpilot.compression import load_artifact
-        from pocketpilot.runtime import CompletionEngine
+        # lazy: torch and transformers, so the server answers `initialize` at once and reports "loading"
+        from pocketpilot.runtime.engine import CompletionEngine
+        from pocketpilot.runtime.loader import load_artifact
 
         self.set_state("loading")
         name = self.settings.artifact or self.cli_artifact
@@ -113,8 +115,6 @@ class PocketPilotServer(LanguageServer):
         is kept while the cursor stays within 10 lines and no other document changes, so the
         prompt (and its KV cache) stays stable while the user types.
         """
-        from pocketpilot.runtime.context import best_snippets
-
         if not self.settings.context_tokens:
             return []
         others = tuple(sorted((d.uri, d.version or 0) for d in self.workspace.text_documents.values() if d.uri != uri))
@@ -277,7 +277,8 @@ async def compress_command(ls: PocketPilotServer, *args):
     Machine"), the recipe is chosen for this machine (:mod:`pocketpilot.compression.recipe`).
     Returns the artifact summary (sizes in bytes) and serves the new artifact.
     """
-    from pocketpilot.compression import compress
+    # lazy: torch (the compress command is the only path into compression)
+    from pocketpilot.compression.api import compress
     from pocketpilot.compression.recipe import DEFAULT_BUDGET_MS, compress_for_this_machine
 
     opts = args[0] if args and isinstance(args[0], dict) else {}

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from pocketpilot.errors import ArtifactError, UnknownTeacherError
 from pocketpilot.store import MANIFEST, artifacts_dir, list_artifacts, rebuild_command, resolve_artifact, verify_artifact
@@ -69,8 +72,6 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
         ArtifactError: the folder is missing, or its files are unreadable or inconsistent, or
             ``device`` is ``"cuda"`` on a machine without CUDA.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     if device != "cpu" and not (device == "cuda" and torch.cuda.is_available()):
         raise ArtifactError(f"device {device!r} is not available here; use device 'cpu'")
 
@@ -116,10 +117,6 @@ def _config_dtype(config) -> torch.dtype:
 
 
 def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
-    from accelerate import init_empty_weights
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     install_int8_modules(model, quant, dtype)

@@ -75,10 +75,11 @@ def test_list_json(tiny_home, monkeypatch, capsys):
 
 
 def test_method_help_names_every_registered_method():
-    from pocketpilot.cli import METHOD_HELP
+    from pocketpilot.cli import method_help
     from pocketpilot.compression.methods import METHODS
 
-    assert all(f"{name}" in METHOD_HELP for name in METHODS)
+    text = method_help()
+    assert all(f"{m.name}: {m.description}" in text for m in METHODS.values()) and "int8 (default)" in text
 
 
 def test_serve_and_help_do_not_import_torch():

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from pocketpilot.compression import compress, list_artifacts, verify_artifact
+from pocketpilot.compression import compress
+from pocketpilot.store import list_artifacts, verify_artifact
 from pocketpilot.runtime.loader import load_artifact
 from pocketpilot.errors import ArtifactError, PocketPilotError, UnknownMethodError, UnknownTeacherError
 from pocketpilot.runtime import CompletionEngine, load_model_folder
@@ -36,8 +37,8 @@ def test_int8_linear_matches_float_linear(rows):
 def test_int8_artifact_roundtrip_size_and_outputs(pp_home, tiny_teacher):
     res = compress(str(tiny_teacher), "int8", eval_tasks=0)
     m = res.manifest
-    assert not res.reused and m["recipe"]["method"] == "int8"
-    assert m["artifact_bytes"] <= 0.30 * m["teacher"]["fp32_bytes"]
+    assert not res.reused and m.method == "int8"
+    assert m.artifact_bytes <= 0.30 * m.teacher.fp32_bytes
     from safetensors import safe_open
     with safe_open(str(res.folder / "model.safetensors"), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys() if k.endswith("weight_int8")}
@@ -66,19 +67,19 @@ def test_float_methods(pp_home, tiny_teacher, method, dtype):
 def test_cache_reuse_force_and_list(pp_home, tiny_teacher):
     first = compress(str(tiny_teacher), "int8", eval_tasks=0)
     again = compress(str(tiny_teacher), "int8", eval_tasks=0)
-    assert again.reused and again.manifest["created_at"] == first.manifest["created_at"]
+    assert again.reused and again.manifest.created_at == first.manifest.created_at
     forced = compress(str(tiny_teacher), "int8", eval_tasks=0, force=True)
     assert not forced.reused
     rows = list_artifacts()
     assert [r["id"] for r in rows] == [first.artifact_id] and rows[0]["active"]
-    assert rows[0]["artifact_bytes"] == first.manifest["artifact_bytes"]
+    assert rows[0]["artifact_bytes"] == first.manifest.artifact_bytes
     assert not list((pp_home / "tmp").iterdir())  # no leftovers from the rebuild
 
 
 def test_unknown_teacher_and_method_write_nothing(pp_home, tiny_teacher):
     with pytest.raises(UnknownTeacherError, match="packaged alias"):
         compress("no-such-model", "int8")
-    with pytest.raises(UnknownMethodError, match="supported: none, bf16, bnb-int8, bnb-nf4, int8"):
+    with pytest.raises(UnknownMethodError, match="supported: int8, int8-fhead, bf16, none, bnb-int8, bnb-nf4"):
         compress(str(tiny_teacher), "int3")
     with pytest.raises(UnknownTeacherError, match="not found"):
         compress("./missing/model.gguf")
@@ -104,13 +105,15 @@ def test_corrupt_and_partial_artifacts_are_detected_with_the_fix(pp_home, tiny_t
 
 
 def test_out_of_disk_leaves_nothing_half_written(pp_home, tiny_teacher, monkeypatch):
-    from pocketpilot.compression import quantize
+    import dataclasses
+
+    from pocketpilot.compression import methods
 
     def full_disk(model, out, calibration=None):
         (out / "model.safetensors").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setitem(quantize.METHODS, "int8", quantize.QuantMethod("int8", "test", full_disk))
+    monkeypatch.setitem(methods.METHODS, "int8", dataclasses.replace(methods.METHODS["int8"], apply=full_disk))
     with pytest.raises(PocketPilotError, match="out of disk space"):
         compress(str(tiny_teacher), "int8", eval_tasks=0)
     assert not (pp_home / "artifacts").exists() or not list((pp_home / "artifacts").iterdir())
@@ -177,8 +180,8 @@ def test_bnb_artifact_roundtrip(pp_home, tiny_teacher, method, layer, device):
         pytest.skip("CUDA present: bitsandbytes quantizes on the GPU")
     res = compress(str(tiny_teacher), method, eval_tasks=0, activate=False)
     m = res.manifest
-    assert m["recipe"]["method"] == method and m["recipe"]["quantized_modules"].get(layer, 0) >= 7
-    assert m["artifact_bytes"] < 0.6 * m["teacher"]["fp32_bytes"]
+    assert m.method == method and m.recipe["quantized_modules"].get(layer, 0) >= 7
+    assert m.artifact_bytes < 0.6 * m.teacher.fp32_bytes
     assert not (res.folder / ".float").exists()
     loaded = load_artifact(str(res.folder))
     assert any(type(mod).__name__ == layer for mod in loaded.model.modules())

@@ -114,7 +114,7 @@ def test_real_probe_on_this_machine():
 
 
 def test_compress_for_this_machine_records_the_decision_and_activates(pp_home, tiny_teacher):
-    from pocketpilot.compression import get_active, verify_artifact
+    from pocketpilot.store import get_active, verify_artifact
     from pocketpilot.compression.recipe import compress_for_this_machine
 
     shape = TeacherShape(str(tiny_teacher), "llama", 2, 64, 128, 4, 2, 16, 400, True, 10.0)

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from pocketpilot.compression import teachers
+from pocketpilot import teachers
 from pocketpilot.teachers import PackagedTeacher, WheelMember, fetch_teacher, parse_spec
 from pocketpilot.errors import FetchError, UnknownTeacherError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 
@@ -14,8 +15,6 @@ def save_float(model, out: Path, dtype) -> None:
 
 def float_linear(lin, dtype):
     """``(copy of lin in dtype, one-row input [1, in_features] in dtype)`` for the bandwidth probe."""
-    import copy
-
     import torch  # lazy: torch (methods are listed by the torch-free CLI help)
 
     return copy.deepcopy(lin).to(dtype), torch.randn(1, lin.in_features, dtype=dtype)
