@@ -26,13 +26,13 @@ Objectives: one-line latency (ms; a cold completion: a 512-token prefill and 12 
 steps, as :mod:`pocketpilot.compression.recipe` budgets it), size on disk (bytes), and ES
 (0-100, higher is better); energy per completion is recorded where RAPL can be read.
 
-The search (:func:`run_search`) is exhaustive over the Z3-enumerated space (a few thousand
-configurations, so no evolutionary search is needed): every configuration gets predicted
-objectives; an initial design (the teacher, then configurations spread across the space by
-farthest-point sampling, including short distillations) is measured; then, until the
-evaluation budget is spent, the predicted Pareto front point farthest from every measured
-point is built and measured (its prediction is scored first, so the out-of-sample error is
-honest), and the predictor is refitted. The state is saved after every point under
+The search (:func:`run_search`, through :class:`Search`) is exhaustive over the Z3-enumerated
+space (a few thousand configurations, so no evolutionary search is needed): every
+configuration gets predicted objectives; an initial design (the teacher, then configurations
+spread across the space by farthest-point sampling, including short distillations) is
+measured; then, until the evaluation budget is spent, the predicted Pareto front point
+farthest from every measured point is built and measured (its prediction is scored first, so
+the out-of-sample error is honest), and the predictor is refitted. The state is saved after every point under
 ``<home>/search/<teacher>.json``, so an interrupted search resumes.
 """
 
@@ -42,41 +42,75 @@ import json
 import logging
 import math
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
-from pocketpilot.store import home, write_json
-from pocketpilot.compression.shapes import LINE_TOKENS, PROMPT_TOKENS, RAM_SHARE, TeacherShape
-from pocketpilot.errors import PocketPilotError
+# torch and transformers load with compression.build and prune anyway (the search is imported
+# lazily by the CLI); z3, scikit-learn and matplotlib stay lazy below, so that the chooser
+# (recipe imports this module for the stored front) never loads them.
+import psutil
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from pocketpilot.compression.api import compress
+from pocketpilot.compression.build import (
+    CompressResult,
+    Written,
+    build_artifact,
+    cached,
+)
+from pocketpilot.compression.calibration import calibration_batches
+from pocketpilot.compression.distill import distill, make_student
+from pocketpilot.compression.hardware import probe_hardware, probe_speed
+from pocketpilot.compression.methods import METHODS, QuantMethod, get_method
+from pocketpilot.compression.prune import (
+    FFN_MULTIPLE,
+    block_influence,
+    ffn_channel_importance,
+    pick_layers,
+    prune_ffn,
+)
+from pocketpilot.compression.shapes import (
+    LINE_TOKENS,
+    PROMPT_TOKENS,
+    RAM_SHARE,
+    SERVE_OVERHEAD_BYTES,
+    TeacherShape,
+)
+from pocketpilot.corpus import CALIBRATION_FILES, default_source_dir, held_out_files
+from pocketpilot.errors import ArtifactError, PocketPilotError
+from pocketpilot.evaluation.line_completion import evaluate_lines
+from pocketpilot.evaluation.speed import measure_speed
+from pocketpilot.evaluation.tasks import make_tasks
+from pocketpilot.runtime.engine import CompletionEngine
+from pocketpilot.runtime.loader import load_model_folder
+from pocketpilot.store import (
+    Progress,
+    artifacts_dir,
+    home,
+    no_progress,
+    read_manifest,
+    resolve_artifact,
+    set_active,
+    verify_artifact,
+    weight_files,
+    write_json,
+)
+from pocketpilot.teachers import DEFAULT_TEACHER, Teacher, fetch_teacher, parse_spec
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, float | None], None]
 
 #: layout of ``<home>/search/<teacher>.json``; a different value starts a new search
 SEARCH_FORMAT = 1
 #: FFN widths offered, as fractions of the teacher's (rounded to :data:`prune.FFN_MULTIPLE`)
 FFN_KEEP = (1.0, 0.75, 0.5, 0.25)
 PICKS = ("even", "influence")
-#: quantization methods offered, when installed and runnable here
-QUANTS = ("none", "bf16", "int8", "int8-fhead", "bnb-nf4")
 #: knowledge-distillation settings offered
 DISTILL_STEPS = (0, 30, 120)
 TEMPERATURES = (1, 2, 4)
 ALPHAS = (0.5, 0.9)
-#: serving memory beyond the weights: runtime, tokenizer, KV caches (as recipe.predict)
-
-
-#: stored bytes per weight of the decoder layers / of the embedding and LM head, per method
-#: (int8: 1 byte + a float32 scale per row; NF4: 4 bits + double-quantized block scales;
-#: bitsandbytes leaves the embedding and LM head in bfloat16)
-BODY_BPW = {"none": 4.0, "bf16": 2.0, "int8": 1.0, "int8-fhead": 1.0, "bnb-nf4": 0.53}
-EMB_BPW = {"none": 4.0, "bf16": 2.0, "int8": 1.0, "int8-fhead": 4.0, "bnb-nf4": 2.0}
-#: the kernel the decoder layers / the LM head run with, per method (what the probe times)
-BODY_KERNEL = {"none": "none", "bf16": "bf16", "int8": "int8", "int8-fhead": "int8", "bnb-nf4": "bnb-nf4"}
-HEAD_KERNEL = {"none": "none", "bf16": "bf16", "int8": "int8", "int8-fhead": "none", "bnb-nf4": "bf16"}
 
 
 # --------------------------------------------------------------------------- configurations
@@ -109,10 +143,8 @@ class StudentConfig:
         return f"l{self.layers}{self.pick[0]}-f{self.ffn}-{self.quant}{kd}"
 
     @classmethod
-    def from_key(cls, key: str) -> "StudentConfig":
+    def from_key(cls, key: str) -> StudentConfig:
         """Parse :meth:`key`. Raises PocketPilotError on a malformed key."""
-        import re
-
         m = re.fullmatch(r"l(\d+)([ei])-f(\d+)-([a-z0-9\-]+?)(?:-kd(\d+)t([\d.]+)a(\d+))?", key)
         if not m:
             raise PocketPilotError(f"not a search configuration: {key!r} (expected e.g. l24i-f1152-int8)")
@@ -123,8 +155,6 @@ class StudentConfig:
 
 def ffn_widths(ffn: int) -> tuple[int, ...]:
     """FFN widths offered for a teacher FFN width ``ffn`` (:data:`FFN_KEEP`, multiples of 32), widest first."""
-    from pocketpilot.compression.prune import FFN_MULTIPLE
-
     out = []
     for keep in FFN_KEEP:
         w = ffn if keep == 1.0 else max(FFN_MULTIPLE, round(keep * ffn / FFN_MULTIPLE) * FFN_MULTIPLE)
@@ -157,24 +187,28 @@ def config_params(shape: TeacherShape, cfg: StudentConfig) -> int:
     return emb_params(shape) + cfg.layers * layer_params(shape, cfg.ffn)
 
 
+def quant_method(name: str) -> QuantMethod:
+    """The registered method ``name`` (installed or not).
+
+    Raises:
+        UnknownMethodError: not registered; the message lists the registered methods.
+    """
+    return get_method(name, check=False)
+
+
 def config_bytes(shape: TeacherShape, cfg: StudentConfig) -> int:
-    """Predicted weight bytes on disk (:data:`BODY_BPW`, :data:`EMB_BPW`)."""
-    return int(cfg.layers * layer_params(shape, cfg.ffn) * BODY_BPW[cfg.quant] + emb_params(shape) * EMB_BPW[cfg.quant])
+    """Predicted weight bytes on disk (:meth:`QuantMethod.weight_bytes`; the final norm counts with the head)."""
+    return quant_method(cfg.quant).weight_bytes(cfg.layers * layer_params(shape, cfg.ffn), emb_params(shape))
+
+
+def search_quants() -> tuple[str, ...]:
+    """Names of the registered methods the search offers (:attr:`QuantMethod.search`), in listing order."""
+    return tuple(m.name for m in METHODS.values() if m.search)
 
 
 def available_quants() -> tuple[str, ...]:
-    """Methods of :data:`QUANTS` whose packages are installed."""
-    from pocketpilot.compression.methods import get_method
-    from pocketpilot.errors import MissingDependencyError
-
-    out = []
-    for q in QUANTS:
-        try:
-            get_method(q, check=True)
-            out.append(q)
-        except MissingDependencyError:
-            pass
-    return tuple(out)
+    """Methods of :func:`search_quants` whose packages are installed."""
+    return tuple(q for q in search_quants() if METHODS[q].available())
 
 
 # --------------------------------------------------------------------------- the Z3 space
@@ -193,7 +227,7 @@ class SearchSpace:
     """
 
     shape: TeacherShape
-    quants: tuple[str, ...] = QUANTS
+    quants: tuple[str, ...] = field(default_factory=search_quants)
     ffn: tuple[int, ...] = ()
     steps: tuple[int, ...] = DISTILL_STEPS
     temperatures: tuple[float, ...] = TEMPERATURES
@@ -205,31 +239,27 @@ class SearchSpace:
 
     def __post_init__(self):
         self.ffn = tuple(self.ffn) or ffn_widths(self.shape.ffn)
-        unknown = [q for q in self.quants if q not in BODY_BPW]
+        offered = search_quants()
+        unknown = [q for q in self.quants if q not in offered]
         if unknown:
-            raise PocketPilotError(f"unknown method(s) for the search: {', '.join(unknown)}; choose from {', '.join(QUANTS)}")
+            raise PocketPilotError(f"unknown method(s) for the search: {', '.join(unknown)}; choose from {', '.join(offered)}")
         if not self.quants:
-            raise PocketPilotError("no quantization method to search over; give at least one of " + ", ".join(QUANTS))
+            raise PocketPilotError("no quantization method to search over; give at least one of " + ", ".join(offered))
 
     def _vars(self):
-        import z3
+        import z3  # lazy: z3 (recipe imports this module for the stored front, which needs no solver)
 
         return {n: z3.Int(n) for n in ("layers", "pick", "ffn", "quant", "steps", "temperature_x10", "alpha_pct",
                                         "hidden", "heads", "kv_heads", "head_dim")}
 
     def constraints(self) -> list[tuple[str, object]]:
         """``[(why, z3 expression)]``: every constraint of the space, in the order ``--explain`` prints them."""
-        import z3
+        import z3  # lazy: z3
 
         s, v = self.shape, self._vars()
         L, I = s.layers, s.ffn
-        qi = {q: i for i, q in enumerate(self.quants)}
         params_expr = emb_params(s) + z3.Sum([z3.If(v["ffn"] == w, v["layers"] * layer_params(s, w), 0) for w in self.ffn])
-        # bytes x 100, so fractional bytes per weight stay integers
-        bytes100 = z3.Sum([z3.If(z3.And(v["ffn"] == w, v["quant"] == qi[q]),
-                                 v["layers"] * round(layer_params(s, w) * BODY_BPW[q] * 100)
-                                 + round(emb_params(s) * EMB_BPW[q] * 100), 0)
-                           for w in self.ffn for q in self.quants])
+        bytes100 = self._bytes100(v)
         out = [
             ("depth: 2 <= layers <= teacher depth", z3.And(v["layers"] >= max(2, self.min_layers), v["layers"] <= L)),
             ("FFN width: one of the offered widths, a multiple of 32, at most the teacher's",
@@ -259,9 +289,26 @@ class SearchSpace:
                         f"{self.ram_bytes / 1e9:.1f} GB available RAM", bytes100 <= max(0, limit) * 100))
         return out
 
+    def _bytes100(self, v):
+        """Z3 term: predicted size on disk (bytes) x 100, so that fractional bytes per weight give integer
+        coefficients: per FFN width and method, ``layers * round(100 * layer params * body bytes per weight)
+        + round(100 * embedding and head params * head bytes per weight)`` (as :func:`config_bytes`)."""
+        import z3  # lazy: z3
+
+        s = self.shape
+        qi = {q: i for i, q in enumerate(self.quants)}
+        terms = []
+        for w in self.ffn:
+            for q in self.quants:
+                method = quant_method(q)
+                body100 = round(layer_params(s, w) * method.body_bytes_per_weight * 100)
+                head100 = round(emb_params(s) * method.head_bytes_per_weight * 100)
+                terms.append(z3.If(z3.And(v["ffn"] == w, v["quant"] == qi[q]), v["layers"] * body100 + head100, 0))
+        return z3.Sum(terms)
+
     def solver(self):
         """A Z3 solver (``QF_LIA``) holding :meth:`constraints`, and its variables by name."""
-        import z3
+        import z3  # lazy: z3
 
         sol = z3.SolverFor("QF_LIA")
         for _, c in self.constraints():
@@ -276,7 +323,7 @@ class SearchSpace:
 
     def why_invalid(self, cfg: StudentConfig) -> list[str]:
         """The constraints ``cfg`` breaks (empty when it is valid)."""
-        import z3
+        import z3  # lazy: z3
 
         v = self._vars()
         broken = []
@@ -289,7 +336,7 @@ class SearchSpace:
 
     def is_valid(self, cfg: StudentConfig) -> bool:
         """Whether ``cfg`` satisfies every constraint."""
-        import z3
+        import z3  # lazy: z3
 
         sol, v = self.solver()
         return sol.check(*self._assign(v, cfg)) == z3.sat
@@ -300,7 +347,7 @@ class SearchSpace:
         Raises:
             PocketPilotError: the space is empty (the message says which limits to relax).
         """
-        import z3
+        import z3  # lazy: z3
 
         sol, v = self.solver()
         keys = ("layers", "pick", "ffn", "quant", "steps", "temperature_x10", "alpha_pct")
@@ -332,14 +379,11 @@ def make_space(teacher_obj, *, max_bytes: int | None = None, max_params: int | N
     Args:
         max_bytes, max_params, min_layers: user constraints (bytes on disk, parameter count, depth).
         max_steps: largest distillation step count offered (None: all of :data:`DISTILL_STEPS`).
-        quants: methods offered (default: every installed one of :data:`QUANTS`).
+        quants: methods offered (default: every installed one of :func:`search_quants`).
 
     Raises:
         PocketPilotError: a requested method is not installed here.
     """
-    import psutil
-    from transformers import AutoConfig
-
     shape = shape_of(AutoConfig.from_pretrained(teacher_obj.folder, local_files_only=True), teacher_obj.spec.spec)
     offered = available_quants()
     missing = [q for q in quants or () if q not in offered]
@@ -397,27 +441,28 @@ class LatencyModel:
     probe: dict
 
     @classmethod
-    def fit(cls, shape: TeacherShape, widths: tuple[int, ...], quants: tuple[str, ...]) -> "LatencyModel":
-        """Time this machine (about 10 s per FFN width)."""
-        from pocketpilot.compression.hardware import probe_speed
-
-        kernels = tuple(dict.fromkeys([BODY_KERNEL[q] for q in quants] + [HEAD_KERNEL[q] for q in quants]))
+    def fit(cls, shape: TeacherShape, widths: tuple[int, ...], quants: tuple[str, ...]) -> LatencyModel:
+        """Time this machine (about 10 s per FFN width): each method's :attr:`QuantMethod.body_kernel` and
+        :attr:`QuantMethod.head_kernel`, each kernel once."""
+        methods = [quant_method(q) for q in quants]
+        kernels = tuple(dict.fromkeys([m.body_kernel for m in methods] + [m.head_kernel for m in methods]))
         shapes = tuple(replace(shape, alias=f"{shape.alias}@{w}", ffn=w) for w in widths)
         return cls(shape.alias, asdict(probe_speed(shapes, kernels)))
 
-    def covers(self, space: "SearchSpace") -> bool:
+    def covers(self, space: SearchSpace) -> bool:
         """Whether every FFN width and kernel of ``space`` was timed (else the model must be refitted)."""
         layers, heads = self.probe["layers"], self.probe["weight_gbps"]
-        return all(f"{self.alias}@{w}/{BODY_KERNEL[q]}" in layers and HEAD_KERNEL[q] in heads
-                   for w in space.ffn for q in space.quants)
+        methods = [quant_method(q) for q in space.quants]
+        return all(f"{self.alias}@{w}/{m.body_kernel}" in layers and m.head_kernel in heads
+                   for w in space.ffn for m in methods)
 
     def predict(self, shape: TeacherShape, cfg: StudentConfig) -> dict:
         """``{"prefill_ms", "decode_ms_per_token", "line_ms"}`` (ms); values None when a kernel was not timed."""
-        layer = self.probe["layers"].get(f"{self.alias}@{cfg.ffn}/{BODY_KERNEL[cfg.quant]}")
-        gbps = self.probe["weight_gbps"].get(HEAD_KERNEL[cfg.quant])
-        if not layer or not gbps:
+        method = quant_method(cfg.quant)
+        layer = self.probe["layers"].get(f"{self.alias}@{cfg.ffn}/{method.body_kernel}")
+        head = method.head_ms(shape.vocab * shape.hidden, self.probe["weight_gbps"])  # one [vocab, hidden] matmul
+        if not layer or head is None:
             return {"prefill_ms": None, "decode_ms_per_token": None, "line_ms": None}
-        head = shape.vocab * shape.hidden * EMB_BPW[cfg.quant] / (gbps * 1e9) * 1e3
         decode = self.probe["base_decode_ms"] + cfg.layers * layer["decode_ms"] + head
         prefill = cfg.layers * layer["prefill_ms"] * PROMPT_TOKENS / 128 + head
         return {"prefill_ms": round(prefill, 1), "decode_ms_per_token": round(decode, 2),
@@ -426,8 +471,9 @@ class LatencyModel:
 
 def features(shape: TeacherShape, cfg: StudentConfig) -> list[float]:
     """The predictor's input for a configuration (9 numbers, each about 0..1)."""
+    method = quant_method(cfg.quant)
     return [cfg.layers / shape.layers, cfg.ffn / shape.ffn, config_params(shape, cfg) / shape.params,
-            BODY_BPW[cfg.quant] / 4, EMB_BPW[cfg.quant] / 4, float(cfg.pick == "influence"),
+            method.body_bytes_per_weight / 4, method.head_bytes_per_weight / 4, float(cfg.pick == "influence"),
             math.log1p(cfg.steps) / math.log1p(max(DISTILL_STEPS)), cfg.temperature / 4, cfg.alpha]
 
 
@@ -442,10 +488,11 @@ class ESPredictor:
         self.shape = shape
         self.model = None
 
-    def fit(self, points: list[tuple[StudentConfig, float]]) -> "ESPredictor":
+    def fit(self, points: list[tuple[StudentConfig, float]]) -> ESPredictor:
         """Fit on ``[(config, measured ES)]``."""
         self.model = None
         if len(points) >= 3:
+            # lazy: scikit-learn (seconds to import; only a search with measured points needs it)
             from sklearn.linear_model import BayesianRidge
 
             self.model = BayesianRidge().fit([features(self.shape, c) for c, _ in points], [es for _, es in points])
@@ -486,14 +533,16 @@ def _rapl_uj() -> int | None:
 
 
 class Builder:
-    """Builds the artifact of a configuration (pruned, distilled, quantized) from one loaded teacher."""
+    """Builds the artifact of a configuration (pruned, distilled, quantized) from one loaded teacher.
 
-    def __init__(self, teacher_obj, progress: Progress, distill_settings: dict | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    Attributes:
+        teacher_obj: the fetched teacher; model: it in float32; tokenizer: its tokenizer.
+        calibration: token-id tensors ``[1, 512]`` (:func:`calibration_batches`) for pruning scores and int8 scales.
+        n_params: the teacher's parameter count.
+        distill_settings: extra :func:`distill` arguments for distilled points.
+    """
 
-        from pocketpilot.compression.calibration import calibration_batches
-
+    def __init__(self, teacher_obj: Teacher, progress: Progress, distill_settings: dict | None = None):
         self.teacher_obj = teacher_obj
         self.progress = progress
         # a short distillation reads a few hundred thousand tokens at most: tokenize no more than that
@@ -507,17 +556,12 @@ class Builder:
 
     def influence(self) -> list[float]:
         """Block Influence of the teacher's layers (computed once)."""
-        from pocketpilot.compression.prune import block_influence
-
         if self._influence is None:
             self._influence = block_influence(self.model, self.calibration)
         return self._influence
 
     def student(self, cfg: StudentConfig, teacher_model=None):
         """The pruned float32 student of ``cfg`` and its details (search key and configuration, layer map, FFN pruning)."""
-        from pocketpilot.compression.distill import make_student
-        from pocketpilot.compression.prune import ffn_channel_importance, pick_layers, prune_ffn
-
         teacher_model = teacher_model or self.model
         n_teacher = teacher_model.config.num_hidden_layers
         infl = self.influence() if cfg.pick == "influence" else None
@@ -544,24 +588,20 @@ class Builder:
         return f"{self.teacher_obj.slug}-{cfg.key()}"
 
     def build(self, cfg: StudentConfig) -> tuple[str | None, Path]:
-        """Build (or reuse) the artifact of ``cfg``; returns ``(artifact id or None, folder)``."""
-        from pocketpilot.compression.api import compress, copy_tokenizer_files, finish_artifact
-        from pocketpilot.store import artifacts_dir, atomic_dir, verify_artifact
-        from pocketpilot.compression.distill import distill
-        from pocketpilot.compression.methods import get_method
-        from pocketpilot.errors import ArtifactError
+        """Build (or reuse) the artifact of ``cfg``; returns ``(artifact id or None, folder)``.
 
+        The teacher itself has no artifact (its own folder is returned). A valid cached artifact of
+        this teacher (:func:`cached`) is reused; otherwise the quantized teacher is built by
+        :func:`compress`, a distilled student by :func:`distill`, a pruned one by :func:`build_artifact`.
+
+        Raises:
+            PocketPilotError: the errors of compress / distill / build_artifact (disk, missing packages).
+        """
         aid = self.artifact_id(cfg)
         if aid is None:
             return None, self.teacher_obj.folder
-        final = artifacts_dir() / aid
-        if final.is_dir():
-            try:
-                manifest = verify_artifact(final)
-                if manifest["teacher"]["sha256"] == self.teacher_obj.source_sha256:
-                    return aid, final
-            except ArtifactError:
-                pass
+        if cached(aid, self.teacher_obj, self.progress) is not None:
+            return aid, artifacts_dir() / aid
         spec = self.teacher_obj.spec.spec
         if self.is_plain(cfg):
             return aid, compress(spec, cfg.quant, eval_tasks=0, activate=False, force=True, progress=self.progress).folder
@@ -575,18 +615,22 @@ class Builder:
                                                      **self.distill_settings})
             return aid, res.folder
         self.progress(f"building {aid}", None)
+        res = build_artifact(self.teacher_obj, aid, lambda tmp: self._write_pruned(cfg, tmp), reuse=False,
+                             activate=False, progress=self.progress)
+        return aid, res.folder
+
+    def _write_pruned(self, cfg: StudentConfig, tmp: Path) -> Written:
+        """Prune the teacher to ``cfg``, quantize it with ``cfg.quant`` and write it into ``tmp``."""
         student, details = self.student(cfg)
         qmethod = get_method(cfg.quant)
-        with atomic_dir(final) as tmp:
-            quant = qmethod.apply(student, tmp, self.calibration or None)
-            copy_tokenizer_files(self.teacher_obj.folder, tmp)
-            recipe = {"method": f"prune+{qmethod.name}",
-                      "description": f"{cfg.layers} of {self.model.config.num_hidden_layers} layers ({cfg.pick}), FFN "
-                                     f"{cfg.ffn} of {self.model.config.intermediate_size}, then {qmethod.description}",
-                      "student": details, "quantization": quant,
-                      "student_params": sum(p.numel() for p in student.parameters()) if cfg.quant in ("none", "bf16") else None}
-            finish_artifact(tmp, aid, self.teacher_obj, self.n_params, recipe, 0, self.progress)
-        return aid, final
+        student_params = sum(p.numel() for p in student.parameters())  # before the method replaces any layer
+        quant = qmethod.apply(student, tmp, self.calibration or None)
+        teacher_cfg = self.model.config
+        recipe = {"method": f"prune+{qmethod.name}",
+                  "description": f"{cfg.layers} of {teacher_cfg.num_hidden_layers} layers ({cfg.pick}), FFN "
+                                 f"{cfg.ffn} of {teacher_cfg.intermediate_size}, then {qmethod.description}",
+                  "student": details, "quantization": quant, "student_params": student_params}
+        return Written(recipe, self.n_params)
 
 
 def measure_point(folder: Path, tasks: list[dict]) -> dict:
@@ -596,13 +640,6 @@ def measure_point(folder: Path, tasks: list[dict]) -> dict:
     "energy_j_per_completion", "energy_source"}``: bytes of weight files; ms; ES/EM 0-100 on ``tasks``;
     energy from RAPL over the task loop (``None`` and ``"unavailable (no RAPL)"`` where it cannot be read).
     """
-    from pocketpilot.store import weight_files
-    from pocketpilot.corpus import CALIBRATION_FILES
-    from pocketpilot.evaluation.line_completion import evaluate_lines
-    from pocketpilot.evaluation.speed import measure_speed
-    from pocketpilot.corpus import default_source_dir
-    from pocketpilot.runtime import CompletionEngine, load_model_folder
-
     loaded = load_model_folder(folder)
     text = "".join((default_source_dir() / n).read_text(encoding="utf-8") for n in CALIBRATION_FILES[:2])
     max_pos = getattr(loaded.model.config, "max_position_embeddings", 2048) or 2048
@@ -633,8 +670,6 @@ def search_path(slug: str) -> Path:
 
 def machine_fingerprint() -> dict:
     """CPU model and usable cores: stored figures are only reused on the same machine."""
-    from pocketpilot.compression.hardware import probe_hardware
-
     hw = probe_hardware()
     return {"cpu": hw.cpu_model, "cores": hw.cpus, "machine": platform.machine(),
             "cuda": [d["name"] for d in hw.cuda]}
@@ -660,23 +695,196 @@ def _objectives(row: dict) -> tuple[float, float, float]:
     return (row["line_ms"], row["bytes"], row["es"])
 
 
-def run_search(
-    teacher: str | None = None,
-    *,
-    evaluate: int = 10,
-    tasks: int = 100,
-    seed: int = 0,
-    max_bytes: int | None = None,
-    max_params: int | None = None,
-    min_layers: int = 2,
-    max_steps: int | None = None,
-    quants: tuple[str, ...] | None = None,
-    distill_seeds: int = 1,
-    distill_settings: dict | None = None,
-    references: tuple[str, ...] = (),
-    fresh: bool = False,
-    progress: Progress | None = None,
-) -> dict:
+class Search:
+    """One run of the search over a teacher's space: the stored state, the predictions, the measured points.
+
+    :func:`run_search` drives it: :meth:`run` measures the :meth:`initial_design`, then
+    :meth:`next_point` until the budget is spent (each through :meth:`evaluate`, which saves the
+    state); :meth:`measure_references`; :meth:`summary`.
+
+    Attributes:
+        teacher_obj, space, shape: the fetched teacher, its :class:`SearchSpace` and shape.
+        configs: the valid configurations whose latency the timed kernels predict.
+        state: the JSON-able search state, saved to :attr:`path` after every point.
+        preds: config -> predicted ``{"prefill_ms", "decode_ms_per_token", "line_ms"}`` (ms), ``"bytes"``, ``"params"``.
+        done: key -> evaluated row (this run's and the stored ones).
+        task_rows: the held-out line-completion tasks every point is measured on.
+        predictor: the :class:`ESPredictor`, refitted before every prediction.
+    """
+
+    def __init__(self, teacher_obj: Teacher, space: SearchSpace, *, tasks: int, seed: int, fresh: bool = False,
+                 distill_settings: dict | None = None, progress: Progress = no_progress, t0: float | None = None):
+        """Enumerate the space, open (or start) the stored state, fit the latency model if needed, predict
+        every configuration and cut the tasks. ``t0``: ``time.perf_counter()`` at the start of the run."""
+        self.teacher_obj, self.space, self.shape = teacher_obj, space, space.shape
+        self.progress, self.distill_settings = progress, distill_settings
+        self.t0 = time.perf_counter() if t0 is None else t0
+        configs = space.enumerate()
+        self.t_space = time.perf_counter() - self.t0
+        progress(f"{len(configs)} valid configurations ({self.t_space:.1f} s)", 0.02)
+        self.path = search_path(teacher_obj.slug)
+        self.state = self._open_state(tasks, seed, fresh)
+        lat = self._latency_model()
+        self.preds = {c: {**lat.predict(self.shape, c), "bytes": config_bytes(self.shape, c),
+                          "params": config_params(self.shape, c)} for c in configs}
+        self.configs = [c for c in configs if self.preds[c]["line_ms"] is not None]
+        root = default_source_dir()
+        self.task_rows = make_tasks(root, n=tasks, seed=seed, files=held_out_files([root]))
+        self.done = {row["key"]: row for row in self.state["evaluated"]}
+        self.valid_keys = {c.key() for c in self.configs}
+        self.predictor = ESPredictor(self.shape)
+        self._builder: Builder | None = None
+
+    def _open_state(self, tasks: int, seed: int, fresh: bool) -> dict:
+        """The stored state if it was made for this teacher build, machine and task set, else a new one."""
+        t, fp = self.teacher_obj, machine_fingerprint()
+        state = None if fresh else _load_state(self.path)
+        if state and (state.get("teacher_sha256") != t.source_sha256 or state.get("machine") != fp
+                      or state.get("tasks", {}).get("n") != tasks or state.get("tasks", {}).get("seed") != seed):
+            self.progress("stored search is for another teacher build, machine or task set; starting over", None)
+            state = None
+        return state or {"format": SEARCH_FORMAT, "teacher": t.spec.spec, "teacher_slug": t.slug,
+                         "teacher_sha256": t.source_sha256, "machine": fp,
+                         "tasks": {"n": tasks, "seed": seed, "source": "held-out Python standard-library files"},
+                         "evaluated": [], "seconds": {}}
+
+    def _latency_model(self) -> LatencyModel:
+        """The stored latency model, refitted (and stored) when it misses a width or kernel of the space."""
+        state = self.state
+        if "latency_model" not in state or not LatencyModel(**state["latency_model"]).covers(self.space):
+            self.progress("timing this machine's kernels at every FFN width", 0.05)
+            t = time.perf_counter()
+            state["latency_model"] = asdict(LatencyModel.fit(self.shape, self.space.ffn, self.space.quants))
+            state["seconds"]["latency_probe"] = round(time.perf_counter() - t, 1)
+        return LatencyModel(**state["latency_model"])
+
+    def save(self) -> None:
+        """Write the state to :attr:`path`."""
+        _save_state(self.path, self.state)
+
+    def measured_points(self) -> list[tuple[StudentConfig, float]]:
+        """``[(config, measured ES)]`` of every evaluated point."""
+        return [(StudentConfig.from_key(k), r["measured"]["es"]) for k, r in self.done.items()]
+
+    def n_valid_done(self) -> int:
+        """Evaluated points valid under the current limits (the ones the budget counts)."""
+        return sum(1 for k in self.done if k in self.valid_keys)
+
+    def initial_design(self, evaluate: int, distill_seeds: int) -> list[StudentConfig]:
+        """The teacher itself, then up to ``min(evaluate, 4)`` points in all spread over the space by
+        farthest-point sampling, ``distill_seeds`` of them distilled (when the space has distilled points)."""
+        shape = self.shape
+        teacher_cfg = StudentConfig(shape.layers, "even", shape.ffn, "none")
+        initial = [teacher_cfg] if teacher_cfg in self.preds else []
+        free = [c for c in self.configs if c.steps == 0]
+        kd = [c for c in self.configs if c.steps > 0]
+        k_init = max(0, min(evaluate, 4) - len(initial))
+        n_kd = min(distill_seeds, len(kd), max(0, k_init - 1)) if kd else 0
+        initial += _spread(free, initial, k_init - n_kd, shape)
+        initial += _spread(kd, initial, n_kd, shape)
+        return initial
+
+    def next_point(self) -> StudentConfig | None:
+        """The predicted Pareto front point farthest from every measured point (None: the front is all measured)."""
+        front = _predicted_front(self.configs, self.preds, self.predictor.fit(self.measured_points()), self.done)
+        todo = [c for c, _ in front if c.key() not in self.done]
+        if not todo:
+            return None
+        measured = [StudentConfig.from_key(k) for k in self.done]
+        return _spread(todo, measured, 1, self.shape)[0]
+
+    def run(self, evaluate: int, distill_seeds: int) -> None:
+        """Evaluate points until ``evaluate`` valid ones are measured: the initial design, then :meth:`next_point`."""
+        t_eval = time.perf_counter()
+        for cfg in self.initial_design(evaluate, distill_seeds):
+            if self.n_valid_done() >= evaluate:
+                break
+            if cfg.key() not in self.done:
+                self.evaluate(cfg, "initial design")
+        while self.n_valid_done() < evaluate:
+            nxt = self.next_point()
+            if nxt is None:
+                break
+            self.evaluate(nxt, "predicted Pareto front, farthest from the measured points")
+        seconds = self.state["seconds"]
+        seconds["evaluation"] = round(seconds.get("evaluation", 0) + time.perf_counter() - t_eval, 1)
+
+    def builder(self) -> Builder:
+        """The :class:`Builder` (the teacher is loaded on first use)."""
+        if self._builder is None:
+            self.progress("loading the teacher for building students", None)
+            self._builder = Builder(self.teacher_obj, self.progress, self.distill_settings)
+        return self._builder
+
+    def evaluate(self, cfg: StudentConfig, why: str) -> dict:
+        """Predict ``cfg``'s ES (before measuring it, so the out-of-sample error is honest), build it, measure
+        it on :attr:`task_rows`, record and save the row; returns the row."""
+        builder = self.builder()
+        self.predictor.fit(self.measured_points())
+        before = self.predictor.predict([cfg])
+        t = time.perf_counter()
+        aid, folder = builder.build(cfg)
+        t_build = time.perf_counter() - t
+        self.progress(f"measuring {cfg.key()} on {len(self.task_rows)} tasks", None)
+        t = time.perf_counter()
+        m = measure_point(folder, self.task_rows)
+        row = {"key": cfg.key(), "config": asdict(cfg), "artifact_id": aid, "why": why,
+               "predicted": {**self.preds[cfg], "es": before[0][0] if before else None,
+                             "es_std": before[0][1] if before else None},
+               "measured": m, "build_seconds": round(t_build, 1), "measure_seconds": round(time.perf_counter() - t, 1)}
+        self.done[cfg.key()] = row
+        self.state["evaluated"] = list(self.done.values())
+        self.save()
+        self.progress(f"{cfg.key()}: ES {m['es']:.2f}, one-line {m['line_ms']:.0f} ms, {m['bytes'] / 1e6:.0f} MB "
+                      f"({len(self.done)} evaluated)", None)
+        return row
+
+    def measure_references(self, references: tuple[str, ...]) -> None:
+        """Measure cached artifacts (ids) on the same tasks, once each, under ``state["references"]``.
+
+        Raises:
+            ArtifactError: a reference is not a valid cached artifact.
+        """
+        for ref in references:
+            if ref in self.state.setdefault("references", {}):
+                continue
+            folder = resolve_artifact(ref)
+            manifest = verify_artifact(folder)
+            self.progress(f"measuring the reference {ref} on {len(self.task_rows)} tasks", None)
+            self.state["references"][ref] = {"recipe": manifest.recipe.get("description"),
+                                             "measured": measure_point(folder, self.task_rows)}
+            self.save()
+
+    def summary(self) -> dict:
+        """Refit the predictor, record the space, the predictor's and latency model's errors, the measured and
+        predicted fronts and the run time in the state; save it and return it."""
+        self.predictor.fit(self.measured_points())
+        pts, space, state = list(self.done.values()), self.space, self.state
+        state["space"] = {"constraints": [why for why, _ in space.constraints()], "size": len(self.configs),
+                          "enumerate_seconds": round(self.t_space, 1), "quants": list(space.quants),
+                          "ffn": list(space.ffn), "steps": list(space.steps), "max_bytes": space.max_bytes,
+                          "max_params": space.max_params}
+        oos = [abs(r["predicted"]["es"] - r["measured"]["es"]) for r in pts if r["predicted"].get("es") is not None]
+        state["predictor"] = {"model": "sklearn BayesianRidge on 9 configuration features", "points": len(pts),
+                              "loo_mae_es": self.predictor.loo_mae(self.measured_points()),
+                              "out_of_sample_mae_es": round(sum(oos) / len(oos), 2) if oos else None,
+                              "out_of_sample_n": len(oos)}
+        state["latency_model_error"] = _latency_error(pts)
+        state["front"] = [pts[i]["key"] for i in non_dominated([_objectives(r["measured"]) for r in pts],
+                                                               (False, False, True))]
+        state["predicted_front"] = [{"key": c.key(), **obj}
+                                    for c, obj in _predicted_front(self.configs, self.preds, self.predictor, self.done)]
+        state["seconds"]["total_last_run"] = round(time.perf_counter() - self.t0, 1)
+        state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.save()
+        return state
+
+
+def run_search(teacher: str | None = None, *, evaluate: int = 10, tasks: int = 100, seed: int = 0,
+               max_bytes: int | None = None, max_params: int | None = None, min_layers: int = 2,
+               max_steps: int | None = None, quants: tuple[str, ...] | None = None, distill_seeds: int = 1,
+               distill_settings: dict | None = None, references: tuple[str, ...] = (), fresh: bool = False,
+               progress: Progress | None = None) -> dict:
     """Search the compressed students of a teacher; evaluate up to ``evaluate`` of them on this machine.
 
     Args:
@@ -687,7 +895,7 @@ def run_search(
         seed: task seed.
         max_bytes, max_params, min_layers: user constraints (size on disk in bytes; parameter count; depth).
         max_steps: largest distillation step count offered (0: no distillation).
-        quants: methods offered (default: every installed one of :data:`QUANTS`).
+        quants: methods offered (default: every installed one of :func:`search_quants`).
         distill_seeds: distilled configurations in the initial design (the predictor needs some).
         distill_settings: extra :func:`pocketpilot.compression.distill.distill` arguments for distilled
             points (e.g. ``corpus``, ``block_tokens``, ``batch_size``).
@@ -706,138 +914,18 @@ def run_search(
     Raises:
         PocketPilotError: an empty space, bad arguments; the errors of compress / distill.
     """
-    from pocketpilot.corpus import held_out_files
-    from pocketpilot.teachers import fetch_teacher, parse_spec
-    from pocketpilot.corpus import default_source_dir
-    from pocketpilot.evaluation.tasks import make_tasks
-
-    progress = progress or (lambda msg, frac: None)
+    progress = progress or no_progress
     if evaluate < 0 or tasks < 1:
         raise PocketPilotError(f"--evaluate must be >= 0 and --tasks >= 1; got {evaluate} and {tasks}")
     t0 = time.perf_counter()
-    spec = parse_spec(teacher)
-    teacher_obj = fetch_teacher(spec, progress)
+    teacher_obj = fetch_teacher(parse_spec(teacher), progress)
     space = make_space(teacher_obj, max_bytes=max_bytes, max_params=max_params, min_layers=min_layers,
                        max_steps=max_steps, quants=quants)
-    shape = space.shape
-    configs = space.enumerate()
-    t_space = time.perf_counter() - t0
-    progress(f"{len(configs)} valid configurations ({t_space:.1f} s)", 0.02)
-
-    path = search_path(teacher_obj.slug)
-    fp = machine_fingerprint()
-    state = None if fresh else _load_state(path)
-    if state and (state.get("teacher_sha256") != teacher_obj.source_sha256 or state.get("machine") != fp
-                  or state.get("tasks", {}).get("n") != tasks or state.get("tasks", {}).get("seed") != seed):
-        progress("stored search is for another teacher build, machine or task set; starting over", None)
-        state = None
-    state = state or {"format": SEARCH_FORMAT, "teacher": spec.spec, "teacher_slug": teacher_obj.slug,
-                      "teacher_sha256": teacher_obj.source_sha256, "machine": fp,
-                      "tasks": {"n": tasks, "seed": seed, "source": "held-out Python standard-library files"},
-                      "evaluated": [], "seconds": {}}
-    if "latency_model" not in state or not LatencyModel(**state["latency_model"]).covers(space):
-        progress("timing this machine's kernels at every FFN width", 0.05)
-        t = time.perf_counter()
-        state["latency_model"] = asdict(LatencyModel.fit(shape, space.ffn, space.quants))
-        state["seconds"]["latency_probe"] = round(time.perf_counter() - t, 1)
-    lat = LatencyModel(**state["latency_model"])
-    preds = {c: {**lat.predict(shape, c), "bytes": config_bytes(shape, c), "params": config_params(shape, c)}
-             for c in configs}
-    configs = [c for c in configs if preds[c]["line_ms"] is not None]
-
-    root = default_source_dir()
-    task_rows = make_tasks(root, n=tasks, seed=seed, files=held_out_files([root]))
-    builder = None
-    done = {row["key"]: row for row in state["evaluated"]}
-
-    def measured_points():
-        return [(StudentConfig.from_key(k), r["measured"]["es"]) for k, r in done.items()]
-
-    predictor = ESPredictor(shape)
-
-    def evaluate_one(cfg: StudentConfig, why: str):
-        nonlocal builder
-        if builder is None:
-            progress("loading the teacher for building students", None)
-            builder = Builder(teacher_obj, progress, distill_settings)
-        predictor.fit(measured_points())
-        before = predictor.predict([cfg])
-        t = time.perf_counter()
-        aid, folder = builder.build(cfg)
-        t_build = time.perf_counter() - t
-        progress(f"measuring {cfg.key()} on {len(task_rows)} tasks", None)
-        t = time.perf_counter()
-        m = measure_point(folder, task_rows)
-        row = {"key": cfg.key(), "config": asdict(cfg), "artifact_id": aid, "why": why,
-               "predicted": {**preds[cfg], "es": before[0][0] if before else None, "es_std": before[0][1] if before else None},
-               "measured": m, "build_seconds": round(t_build, 1), "measure_seconds": round(time.perf_counter() - t, 1)}
-        done[cfg.key()] = row
-        state["evaluated"] = list(done.values())
-        _save_state(path, state)
-        progress(f"{cfg.key()}: ES {m['es']:.2f}, one-line {m['line_ms']:.0f} ms, {m['bytes'] / 1e6:.0f} MB "
-                 f"({len(done)} evaluated)", None)
-
-    t_eval = time.perf_counter()
-    valid_keys = {c.key() for c in configs}
-
-    def n_valid_done():
-        return sum(1 for k in done if k in valid_keys)
-
-    # initial design: the teacher itself, then points spread over the space (some distilled)
-    teacher_cfg = StudentConfig(shape.layers, "even", shape.ffn, "none")
-    initial = [teacher_cfg] if teacher_cfg in preds else []
-    free = [c for c in configs if c.steps == 0]
-    kd = [c for c in configs if c.steps > 0]
-    k_init = max(0, min(evaluate, 4) - len(initial))
-    n_kd = min(distill_seeds, len(kd), max(0, k_init - 1)) if kd else 0
-    initial += _spread(free, initial, k_init - n_kd, shape)
-    initial += _spread(kd, initial, n_kd, shape)
-    for cfg in initial:
-        if n_valid_done() >= evaluate:
-            break
-        if cfg.key() not in done:
-            evaluate_one(cfg, "initial design")
-    # then: the predicted front point farthest from every measured point
-    while n_valid_done() < evaluate:
-        front = _predicted_front(configs, preds, predictor.fit(measured_points()), done)
-        todo = [c for c, _ in front if c.key() not in done]
-        if not todo:
-            break
-        measured_cfgs = [StudentConfig.from_key(k) for k in done]
-        nxt = _spread(todo, measured_cfgs, 1, shape)[0]
-        evaluate_one(nxt, "predicted Pareto front, farthest from the measured points")
-    state["seconds"]["evaluation"] = round(state["seconds"].get("evaluation", 0) + time.perf_counter() - t_eval, 1)
-
-    for ref in references:
-        from pocketpilot.store import resolve_artifact, verify_artifact
-
-        if ref in state.setdefault("references", {}):
-            continue
-        folder = resolve_artifact(ref)
-        manifest = verify_artifact(folder)
-        progress(f"measuring the reference {ref} on {len(task_rows)} tasks", None)
-        state["references"][ref] = {"recipe": (manifest.get("recipe") or {}).get("description"),
-                                    "measured": measure_point(folder, task_rows)}
-        _save_state(path, state)
-
-    # summary
-    predictor.fit(measured_points())
-    pts = [r for r in done.values()]
-    state["space"] = {"constraints": [why for why, _ in space.constraints()], "size": len(configs),
-                      "enumerate_seconds": round(t_space, 1), "quants": list(space.quants), "ffn": list(space.ffn),
-                      "steps": list(space.steps), "max_bytes": max_bytes, "max_params": max_params}
-    oos = [abs(r["predicted"]["es"] - r["measured"]["es"]) for r in pts if r["predicted"].get("es") is not None]
-    state["predictor"] = {"model": "sklearn BayesianRidge on 9 configuration features", "points": len(pts),
-                          "loo_mae_es": predictor.loo_mae(measured_points()),
-                          "out_of_sample_mae_es": round(sum(oos) / len(oos), 2) if oos else None,
-                          "out_of_sample_n": len(oos)}
-    state["latency_model_error"] = _latency_error(pts)
-    state["front"] = [pts[i]["key"] for i in non_dominated([_objectives(r["measured"]) for r in pts], (False, False, True))]
-    state["predicted_front"] = [{"key": c.key(), **obj} for c, obj in _predicted_front(configs, preds, predictor, done)]
-    state["seconds"]["total_last_run"] = round(time.perf_counter() - t0, 1)
-    state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _save_state(path, state)
-    return state
+    search = Search(teacher_obj, space, tasks=tasks, seed=seed, fresh=fresh, distill_settings=distill_settings,
+                    progress=progress, t0=t0)
+    search.run(evaluate, distill_seeds)
+    search.measure_references(references)
+    return search.summary()
 
 
 def _predicted_front(configs, preds, predictor: ESPredictor, done: dict) -> list[tuple[StudentConfig, dict]]:
@@ -900,8 +988,6 @@ def load_search(teacher: str | None = None) -> dict | None:
     Raises:
         PocketPilotError: a stored state is not valid JSON.
     """
-    from pocketpilot.teachers import DEFAULT_TEACHER
-
     name = teacher or DEFAULT_TEACHER
     folder = home() / "search"
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -975,32 +1061,30 @@ def pick_for_budget(state: dict, budget_ms: float, max_bytes: int | None = None,
     return Pick(best["key"], best["artifact_id"], best["measured"], bool(within), reason, len(rows), best["config"])
 
 
-def materialize(state: dict, pick: Pick, progress: Progress | None = None, activate: bool = True):
+def materialize(state: dict, pick: Pick, progress: Progress | None = None, activate: bool = True) -> CompressResult:
     """The artifact of a picked point, rebuilt if it was deleted; made active. Returns ``CompressResult``.
 
     The float32 teacher itself (no artifact) is written as the ``none`` artifact.
-    """
-    from pocketpilot.compression.api import compress
-    from pocketpilot.compression.build import CompressResult
-    from pocketpilot.store import artifacts_dir, read_json_or_none, set_active, verify_artifact
-    from pocketpilot.teachers import fetch_teacher, parse_spec
-    from pocketpilot.errors import ArtifactError
 
-    progress = progress or (lambda msg, frac: None)
+    Raises:
+        PocketPilotError: the errors of compress / distill while rebuilding (teacher fetch, disk).
+    """
+    progress = progress or no_progress
     if pick.artifact_id is None:
         return compress(state["teacher"], "none", eval_tasks=0, activate=activate, progress=progress)
     final = artifacts_dir() / pick.artifact_id
     try:
-        verify_artifact(final)
+        manifest = verify_artifact(final)
         reused = True
     except ArtifactError:
         progress(f"rebuilding {pick.artifact_id}", None)
         teacher_obj = fetch_teacher(parse_spec(state["teacher"]), progress)
         Builder(teacher_obj, progress).build(StudentConfig(**pick.config))
+        manifest = read_manifest(final)
         reused = False
     if activate:
         set_active(pick.artifact_id)
-    return CompressResult(pick.artifact_id, final, reused, read_json_or_none(final / "manifest.json") or {})
+    return CompressResult(pick.artifact_id, final, reused, manifest)
 
 
 # --------------------------------------------------------------------------- output
@@ -1025,10 +1109,10 @@ def table(state: dict) -> str:
 def plot(state: dict, path: Path) -> Path:
     """PNG: predicted ES against predicted one-line latency for the predicted front (grey), measured points
     (marker area = size on disk) and the measured Pareto front (red)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (only for the plot)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib
 
     pts = state.get("evaluated", [])
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
@@ -1063,5 +1147,5 @@ def plot(state: dict, path: Path) -> Path:
 
 
 __all__ = ["StudentConfig", "SearchSpace", "make_space", "LatencyModel", "ESPredictor", "Pick", "non_dominated", "run_search",
-           "pick_for_budget", "materialize", "load_search", "plot", "table", "ffn_widths", "config_bytes",
-           "config_params", "shape_of"]
+           "Search", "pick_for_budget", "materialize", "load_search", "plot", "table", "ffn_widths", "config_bytes",
+           "config_params", "shape_of", "search_quants"]

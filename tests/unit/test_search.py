@@ -242,7 +242,7 @@ def test_make_student_with_chosen_layers(tiny_model):
 def test_int8_float_head_roundtrip(tiny_model, tiny_deep_teacher_folder, tmp_path):
     import copy
 
-    from pocketpilot.compression.api import copy_tokenizer_files
+    from pocketpilot.compression.build import copy_tokenizer_files
     from pocketpilot.compression.methods import get_method
     from pocketpilot.runtime.loader import load_model_folder
     from pocketpilot.runtime.qlinear import Int8Linear
@@ -308,7 +308,7 @@ def test_tiny_search_end_to_end(tiny_search, tiny_deep_teacher_folder, monkeypat
     for r in built:
         manifest = read_manifest(artifacts_dir() / r["artifact_id"])
         if r["config"]["layers"] < 4 or r["config"]["ffn"] < 128:
-            assert manifest["recipe"]["student"]["search_key"] == r["key"]
+            assert manifest.recipe["student"]["search_key"] == r["key"]
     assert state["front"] and set(state["front"]) <= set(keys)
     assert state["predictor"]["points"] == 5 and state["predictor"]["loo_mae_es"] is not None
     assert state["predictor"]["out_of_sample_n"] >= 1
@@ -362,7 +362,7 @@ def test_compress_for_this_machine_uses_the_stored_front(tiny_search, tiny_deep_
     result, decision = recipe.compress_for_this_machine(10_000, eval_tasks=1, teachers=(shape,))
     assert decision.method.startswith("search:") and decision.meets_budget
     manifest = read_manifest(resolve_artifact(result.artifact_id))
-    assert manifest["machine_decision"]["source"] == "search front"
+    assert manifest.machine_decision["source"] == "search front"
     assert get_active() == result.artifact_id
     # another machine's search is not used
     st = json.loads(S.search_path(state["teacher_slug"]).read_text())
