@@ -20,6 +20,7 @@ import psutil
 
 from pocketpilot.compression.methods import METHODS, get_method
 from pocketpilot.compression.shapes import TEACHERS, TeacherShape
+from pocketpilot.runtime.kvcache import cache_keyword, returned_cache
 from pocketpilot.store import home
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
@@ -195,11 +196,12 @@ def _time_forward(model) -> dict[str, float]:
     import torch  # lazy: torch
 
     ids = torch.randint(0, 256, (1, 512))
+    cache_kw = cache_keyword(model)  # "cache" where transformers renamed it; "past_key_values" warns there
     with torch.inference_mode():
-        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = returned_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))
 
         def step():
-            model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids[:, :1], use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             cache.crop(-1)  # drop the token just added (transformers 5 takes a negative count)
 
         decode = _best_ms(step, repeats=8)

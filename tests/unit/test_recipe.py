@@ -4,17 +4,10 @@ import json
 
 import pytest
 
-from pocketpilot.compression.recipe import (
-    METHODS,
-    TEACHERS,
-    HardwareProfile,
-    SpeedProbe,
-    TeacherShape,
-    choose_recipe,
-    predict,
-    probe_hardware,
-    probe_speed,
-)
+from pocketpilot.compression.hardware import HardwareProfile, SpeedProbe, probe_hardware, probe_speed
+from pocketpilot.compression.methods import METHODS
+from pocketpilot.compression.recipe import CHOOSER_METHODS, choose_recipe, predict
+from pocketpilot.compression.shapes import TEACHERS, TeacherShape
 from pocketpilot.errors import PocketPilotError
 
 GB = 1_000_000_000
@@ -31,10 +24,10 @@ def speeds(gflops: float, gbps: dict[str, float], overhead_ms: float = 0.2) -> S
     """A probe whose layer times follow a roofline: prefill = FLOPs / gflops, decode = bytes / GB/s + overhead."""
     layers = {}
     for t in TEACHERS:
-        for m in METHODS:
+        for m in CHOOSER_METHODS:
             if m.name in gbps:
                 layers[f"{t.alias}/{m.name}"] = {
-                    "decode_ms": t.layer_params * m.bytes_per_weight / (gbps[m.name] * GB) * 1e3 + overhead_ms,
+                    "decode_ms": t.layer_params * m.body_bytes_per_weight / (gbps[m.name] * GB) * 1e3 + overhead_ms,
                     "prefill_ms": 2 * t.layer_params * 128 / (gflops * GB) * 1e3}
     return SpeedProbe("cpu", {"float32": gflops, "bfloat16": gflops}, gbps, layers, base_decode_ms=1.0)
 
@@ -91,10 +84,10 @@ def test_bad_budget():
 
 def test_prediction_follows_the_measured_speeds():
     t = TEACHERS[1]
-    by = {m.name: m for m in METHODS}
+    by = METHODS
     p = predict(t, by["int8"], SMALL_CPU)
     layer = SMALL_CPU.layers[f"{t.alias}/int8"]
-    head = t.vocab * t.hidden * by["int8"].bytes_per_weight / (8 * GB) * 1e3
+    head = t.vocab * t.hidden * by["int8"].head_bytes_per_weight / (8 * GB) * 1e3
     assert p["decode_ms_per_token"] == pytest.approx(1.0 + t.layers * layer["decode_ms"] + head, rel=1e-3)
     assert p["line_ms"] == pytest.approx(p["prefill_ms"] + 12 * p["decode_ms_per_token"], rel=1e-3)
     assert t.params == 134_515_008  # SmolLM2-135M, from its config

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pocketpilot.compression.methods import QuantMethod
+
 #: the optional package both methods need, as ``(module, pip requirement)``
 BNB = (("bitsandbytes", "bitsandbytes>=0.48"),)
 
@@ -89,3 +91,10 @@ def bnb_probe_linear(lin, four_bit: bool):
         return None
     x = torch.randn(1, lin.in_features)
     return layer, x.to(torch.bfloat16) if four_bit else x
+
+
+def bnb_method(four_bit: bool, **facts) -> QuantMethod:
+    """A :class:`QuantMethod` served by bitsandbytes layers (NF4 if ``four_bit``, else LLM.int8()):
+    ``facts`` are the method's own fields; the probe hooks and the optional dependency are filled in."""
+    return QuantMethod(in_memory=lambda model: bnb_in_memory(model, four_bit=four_bit),
+                       probe_linear=lambda lin: bnb_probe_linear(lin, four_bit=four_bit), requires=BNB, **facts)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketpilot.compression.methods import QuantMethod
-from pocketpilot.compression.methods._bnb import BNB, bnb_in_memory, bnb_probe_linear, bnb_quantize
+from pocketpilot.compression.methods._bnb import bnb_method, bnb_quantize
 
 
 def _apply(model, out: Path, calibration: list | None = None) -> dict:
@@ -21,10 +20,10 @@ def _apply(model, out: Path, calibration: list | None = None) -> dict:
             **details}
 
 
-METHOD = QuantMethod(
+METHOD = bnb_method(
+    four_bit=False,
     name="bnb-int8", description="bitsandbytes LLM.int8(): int8 weights, fp16 outlier columns (needs bitsandbytes)",
     body_bytes_per_weight=1.0, head_bytes_per_weight=4.0, compute_dtype="float32", quality_tier=1,
-    apply=_apply, in_memory=lambda model: bnb_in_memory(model, four_bit=False),
-    probe_linear=lambda lin: bnb_probe_linear(lin, four_bit=False), head_kernel="none",
-    requires=BNB, search=False, rank=50,
+    apply=_apply, head_kernel="none",
+    search=False, rank=50,
 )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketpilot.compression.methods import QuantMethod
-from pocketpilot.compression.methods._bnb import BNB, bnb_in_memory, bnb_probe_linear, bnb_quantize
+from pocketpilot.compression.methods._bnb import bnb_method, bnb_quantize
 
 
 def _apply(model, out: Path, calibration: list | None = None) -> dict:
@@ -21,10 +20,10 @@ def _apply(model, out: Path, calibration: list | None = None) -> dict:
     return {"weights": "4-bit NF4, blocks of 64, double-quantized scales", "activations": "bfloat16", **details}
 
 
-METHOD = QuantMethod(
+METHOD = bnb_method(
+    four_bit=True,
     name="bnb-nf4", description="bitsandbytes 4-bit NormalFloat + double quantization, bf16 compute (needs bitsandbytes)",
     body_bytes_per_weight=0.53, head_bytes_per_weight=2.0, compute_dtype="bfloat16", quality_tier=1,
-    apply=_apply, in_memory=lambda model: bnb_in_memory(model, four_bit=True),
-    probe_linear=lambda lin: bnb_probe_linear(lin, four_bit=True), head_kernel="bf16",
-    requires=BNB, gpu=True, rank=60,
+    apply=_apply, head_kernel="bf16",
+    gpu=True, rank=60,
 )
