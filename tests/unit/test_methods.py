@@ -75,3 +75,28 @@ def test_kernels_name_registered_methods_and_lookups_fail_clearly():
         get_method("int3")
     with pytest.raises(ValueError, match="compute_dtype"):
         QuantMethod("x", "x", 1.0, 1.0, "float16", 0, apply=None, in_memory=None, probe_linear=None)
+
+
+def test_a_new_method_is_one_module(tmp_path, monkeypatch):
+    # adding a method is adding one file to compression/methods/: the registry finds it, and the
+    # chooser's predictions and the size model read its facts from the object alone
+    from pocketpilot.compression import methods
+    from pocketpilot.compression.hardware import SpeedProbe
+    from pocketpilot.compression.recipe import predict
+    from pocketpilot.compression.shapes import TEACHERS
+
+    (tmp_path / "half.py").write_text(
+        "from pocketpilot.compression.methods import QuantMethod\n"
+        "from pocketpilot.compression.methods.bf16 import METHOD as BF16\n"
+        "METHOD = QuantMethod(name='half', description='test method', body_bytes_per_weight=0.5,\n"
+        "                     head_bytes_per_weight=1.0, compute_dtype='bfloat16', quality_tier=1, apply=BF16.apply,\n"
+        "                     in_memory=BF16.in_memory, probe_linear=BF16.probe_linear, head_kernel='int8')\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    found = methods._discover()
+    assert "half" in found and set(METHODS) < set(found)
+    half, t = found["half"], TEACHERS[1]
+    speed = SpeedProbe("cpu", {}, {"int8": 10.0}, {f"{t.alias}/half": {"decode_ms": 0.1, "prefill_ms": 1.0}}, 0.5)
+    p = predict(t, half, speed)
+    assert p["weights_bytes"] == int(t.body_params * 0.5 + t.head_params * 1.0)
+    head_ms = t.vocab * t.hidden * 1.0 / 10e9 * 1e3  # the int8 head kernel's bandwidth, the method's head bytes
+    assert p["decode_ms_per_token"] == pytest.approx(0.5 + t.layers * 0.1 + head_ms, rel=1e-3)
