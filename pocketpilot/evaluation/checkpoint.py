@@ -174,7 +174,7 @@ class CheckpointedEngine:
         self.engine, self.scope, self.reused = engine, scope, 0
 
     def complete(self, prefix: str, suffix: str = "", *, allow_block: bool = True, **kw):
-        from pocketpilot.runtime.engine import Completion
+        from pocketpilot.runtime.engine import Completion  # lazy: torch (runtime.engine)
 
         if kw:  # anything else changes the output in ways the key does not capture
             return self.engine.complete(prefix, suffix, allow_block=allow_block, **kw)

@@ -27,7 +27,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from pocketpilot.corpus import default_source_dir
 from pocketpilot.errors import PocketPilotError
+from pocketpilot.evaluation.line_completion import percentile
+from pocketpilot.evaluation.tasks import read_tasks, write_tasks
+from pocketpilot.store import folder_bytes
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +106,6 @@ def speed_text(loaded, tokens: int) -> str:
     Raises:
         PocketPilotError: the standard library's ``json/encoder.py`` is missing.
     """
-    from pocketpilot.corpus import default_source_dir
-
     path = default_source_dir() / "json" / "encoder.py"
     try:
         base = path.read_text(encoding="utf-8")
@@ -190,7 +192,7 @@ class _EnergyMeter:
     def start(self) -> str | None:
         """Start tracking; returns a note (and tracks nothing) if codecarbon is missing or unusable."""
         try:
-            import codecarbon
+            import codecarbon  # lazy: heavy, and only the energy measurement needs it (missing: reported, not raised)
             from codecarbon import OfflineEmissionsTracker
             from codecarbon.input import DataSource
         except ImportError:
@@ -282,28 +284,61 @@ def measure_cost_inproc(
         PocketPilotError: no tasks, a prompt length below 1, an unknown country code, or the
             standard-library text for the speed runs is missing.
     """
-    import torch
+    import torch  # lazy: torch
 
-    from pocketpilot.evaluation.line_completion import percentile
-    from pocketpilot.evaluation.speed import measure_speed
-    from pocketpilot.runtime import CompletionEngine
+    run, lengths = _check_cost_inputs(tasks, n_completions, prompt_lengths)
+    out: dict = {"folder": str(loaded.folder)}
+    # all files / safetensors only (bytes); stat follows symlinks, so a Hugging Face cache snapshot counts its blobs
+    out["size_bytes"] = folder_bytes(Path(loaded.folder))
+    out["weights_bytes"] = folder_bytes(Path(loaded.folder), "*.safetensors")
+    out.update(_speed_fields(loaded, lengths))
+    meter = _EnergyMeter(country_iso_code, measure_power_secs, tracking_mode) if energy else None
+    latency, new_tokens, decode_ms, skipped = _time_completions(loaded, run, meter)
+    out.update(meter.stop(len(run)) if meter and meter.tracker else _null_energy(skipped))
+    out["country_iso_code"] = country_iso_code if out["energy_source"] else None
+    out.update({
+        "n_completions": len(run),
+        "latency_ms_p50": round(percentile(latency, 50), 2),
+        "latency_ms_p95": round(percentile(latency, 95), 2),
+        "new_tokens": new_tokens,
+        "tokens_per_s": round(new_tokens / (decode_ms / 1e3), 1) if decode_ms > 0 else None,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+    })
+    out["peak_rss_bytes"], out["peak_rss_source"] = peak_rss_bytes()
+    return out
 
+
+def _check_cost_inputs(tasks: list[dict], n_completions: int,
+                       prompt_lengths: Sequence[int]) -> tuple[list[dict], list[int]]:
+    """The tasks to time (the first ``n_completions``) and the distinct prompt lengths, sorted (tokens).
+
+    Raises:
+        PocketPilotError: no task to time, or a prompt length below 1.
+    """
     run = list(tasks[: max(0, n_completions)])
     if not run:
         raise PocketPilotError("no line-completion tasks to time (need at least 1)")
     lengths = sorted({int(n) for n in prompt_lengths})
     if any(n < 1 for n in lengths):
         raise PocketPilotError(f"prompt lengths must be >= 1 token, got {list(prompt_lengths)}")
-    out: dict = {"folder": str(loaded.folder)}
-    from pocketpilot.store import folder_bytes
+    return run, lengths
 
-    # all files / safetensors only (bytes); stat follows symlinks, so a Hugging Face cache snapshot counts its blobs
-    out["size_bytes"] = folder_bytes(Path(loaded.folder))
-    out["weights_bytes"] = folder_bytes(Path(loaded.folder), "*.safetensors")
 
-    # prefill and decode speed on standard-library text
+def _speed_fields(loaded, lengths: list[int]) -> dict:
+    """Prefill and decode speed on standard-library text, for each prompt length the model can hold.
+
+    Returns:
+        ``{"max_positions", "prefill_ms": {str(length): ms or None}, "prefill_skipped": {str(length):
+        reason}, "decode_ms_per_token" (ms, after the shortest timed prompt), "decode_prompt_tokens"}``.
+
+    Raises:
+        PocketPilotError: the standard-library text is missing.
+    """
+    from pocketpilot.evaluation.speed import measure_speed  # lazy: torch
+
     limit = max_positions(loaded)
-    out["max_positions"] = limit
+    out: dict = {"max_positions": limit}
     fits = [n for n in lengths if limit is None or n + SPEED_NEW_TOKENS <= limit]
     out["prefill_ms"] = {str(n): None for n in lengths}
     out["prefill_skipped"] = {
@@ -317,12 +352,21 @@ def measure_cost_inproc(
             out["prefill_ms"][str(n)] = res["prefill_ms"]
             if out["decode_ms_per_token"] is None:
                 out["decode_ms_per_token"], out["decode_prompt_tokens"] = res["decode_ms_per_token"], n
+    return out
 
-    # one-line completions: a fresh engine, a new document per task, forgotten at once (no KV reuse)
+
+def _time_completions(loaded, run: list[dict], meter: "_EnergyMeter | None") -> tuple[list[float], int, float, str | None]:
+    """Time one-line completions of ``run`` with a fresh engine, a new document per task, forgotten at
+    once (no KV reuse), inside the energy ``meter`` when given (started here, stopped by the caller).
+
+    Returns:
+        ``(latencies in ms, new tokens, decode time in ms, why energy is not measured or None)``.
+    """
+    from pocketpilot.runtime import CompletionEngine  # lazy: torch
+
     engine = CompletionEngine(loaded)
     engine.complete(run[0]["prefix"], run[0].get("suffix", ""), allow_block=False, cache_key="cost-warmup")
     engine.forget("cost-warmup")  # the warm-up builds the engine's token tables; not timed
-    meter = _EnergyMeter(country_iso_code, measure_power_secs, tracking_mode) if energy else None
     skipped = meter.start() if meter else "not measured (energy=False)"
     latency, new_tokens, decode_ms = [], 0, 0.0
     try:
@@ -339,27 +383,15 @@ def measure_cost_inproc(
             with contextlib.suppress(Exception):
                 meter.tracker.stop()
         raise
-    out.update(meter.stop(len(run)) if meter and meter.tracker else _null_energy(skipped))
-    out["country_iso_code"] = country_iso_code if out["energy_source"] else None
-    out.update({
-        "n_completions": len(run),
-        "latency_ms_p50": round(percentile(latency, 50), 2),
-        "latency_ms_p95": round(percentile(latency, 95), 2),
-        "new_tokens": new_tokens,
-        "tokens_per_s": round(new_tokens / (decode_ms / 1e3), 1) if decode_ms > 0 else None,
-        "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
-    })
-    out["peak_rss_bytes"], out["peak_rss_source"] = peak_rss_bytes()
-    return out
+    return latency, new_tokens, decode_ms, skipped
 
 
 def _child_measure(args) -> dict:
-    from pocketpilot.runtime.loader import load_any
-    from pocketpilot.evaluation.tasks import read_tasks
+    """The child's measurement: load ``args.name``, then :func:`measure_cost_inproc` (see :func:`build_parser`)."""
+    from pocketpilot.runtime.loader import load_any  # lazy: torch
 
     if args.threads:
-        import torch
+        import torch  # lazy: torch
 
         torch.set_num_threads(args.threads)
     tasks = read_tasks(Path(args.tasks_file))
@@ -436,7 +468,7 @@ def measure_cost(
     (``POCKETPILOT_HOME`` included) and parses the JSON it prints.
 
     Args:
-        name: anything :func:`pocketpilot.compression.api.load_any` accepts (artifact id or folder,
+        name: anything :func:`pocketpilot.runtime.loader.load_any` accepts (artifact id or folder,
             plain Hugging Face folder, teacher spec); ``None``: the active artifact.
         tasks: line-completion rows ``{"prefix", "suffix", "gt"}``; the first ``n_completions`` are timed.
         n_completions: completions timed.
@@ -458,18 +490,8 @@ def measure_cost(
     label = name or "active artifact"
     with tempfile.TemporaryDirectory(prefix="pocketpilot-cost-") as tmp:
         tasks_file = Path(tmp) / "tasks.jsonl"
-        from pocketpilot.evaluation.tasks import write_tasks
-
         write_tasks(list(tasks[: max(1, n_completions)]), tasks_file)
-        cmd = [sys.executable, "-m", "pocketpilot.evaluation.cost", "--tasks-file", str(tasks_file),
-               "--n", str(n_completions), "--country", country_iso_code,
-               "--prompt-lengths", *(str(int(n)) for n in prompt_lengths)]
-        if not energy:
-            cmd.append("--no-energy")
-        if threads:
-            cmd += ["--threads", str(threads)]
-        if name is not None:
-            cmd += ["--", name]
+        cmd = _child_command(name, tasks_file, n_completions, prompt_lengths, energy, country_iso_code, threads)
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         log.info("measuring cost of %s: %s", label, " ".join(cmd))
         try:
@@ -478,6 +500,31 @@ def measure_cost(
         except subprocess.TimeoutExpired:
             raise PocketPilotError(f"cost measurement of {label} ran past {timeout_s:g} s; "
                                    f"try fewer completions or shorter prompt lengths") from None
+    return _child_result(proc, label)
+
+
+def _child_command(name: str | None, tasks_file: Path, n_completions: int, prompt_lengths: Sequence[int],
+                   energy: bool, country_iso_code: str, threads: int | None) -> list[str]:
+    """The ``python -m pocketpilot.evaluation.cost`` command line (see :func:`build_parser`)."""
+    cmd = [sys.executable, "-m", "pocketpilot.evaluation.cost", "--tasks-file", str(tasks_file),
+           "--n", str(n_completions), "--country", country_iso_code,
+           "--prompt-lengths", *(str(int(n)) for n in prompt_lengths)]
+    if not energy:
+        cmd.append("--no-energy")
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if name is not None:
+        cmd += ["--", name]
+    return cmd
+
+
+def _child_result(proc: subprocess.CompletedProcess, label: str) -> dict:
+    """The JSON object a finished child printed.
+
+    Raises:
+        PocketPilotError: the child failed (its own one-line error, else its last stderr line) or
+            printed something other than one JSON object.
+    """
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         mine = [ln for ln in lines if ln.startswith(_ERROR_PREFIX)]
@@ -493,7 +540,6 @@ def measure_cost(
         head = proc.stdout.strip().splitlines()[0][:200] if proc.stdout.strip() else "nothing"
         raise PocketPilotError(f"cost measurement of {label} printed {head!r} instead of one JSON object") from None
     return result
-
 
 if __name__ == "__main__":
     sys.exit(main())

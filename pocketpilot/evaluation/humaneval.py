@@ -35,7 +35,6 @@ from pocketpilot.evaluation.data import DATA_ENV
 from pocketpilot.evaluation.data import data_dir as _data_dir
 from pocketpilot.evaluation.sandbox import SandboxResult, run_program
 
-#: Environment variable naming the data folder (the one that holds ``recode/``).
 #: Standard HumanEval/Codex stop sequences for a function body.
 STOP_SEQUENCES = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 #: ReCode categories whose prompts (and so whose nominal) are the partial-code prompts.
@@ -122,8 +121,8 @@ def truncate_completion(text: str, at_line_start: bool = True) -> str:
 
 def _unindented_criterion(tokenizer, prompt_len: int, at_line_start: bool):
     """A ``StoppingCriteria`` that stops once the new text holds an unindented non-empty line."""
-    import torch
-    from transformers import StoppingCriteria
+    import torch  # lazy: torch
+    from transformers import StoppingCriteria  # lazy: transformers imports torch
 
     class UnindentedLine(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
@@ -158,8 +157,8 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
         ``(completion, {"new_tokens", "ms"})``: the text that follows ``prompt.rstrip()``, tokens
         decoded (EOS included) and wall time (ms).
     """
-    import torch
-    from transformers import StoppingCriteriaList
+    import torch  # lazy: torch
+    from transformers import StoppingCriteriaList  # lazy: transformers imports torch
 
     tok, model = loaded.tokenizer, loaded.model
     stripped = prompt.rstrip()
@@ -337,6 +336,41 @@ def evaluate_recode(loaded, categories: list[str] | None = None, transforms: lis
     """
     folder = _recode_dir()
     available = recode_sets(folder)
+    chosen = _choose_categories(available, categories, transforms)
+    nominal_rows = load_problems(folder / "HumanEval.jsonl")
+    keep = [r["task_id"] for r in nominal_rows][:limit] if limit is not None else None
+    run = _RecodeRun(loaded, keep, progress, cache if cache is not None else EvalCache(), kw)
+    nominal = run("nominal", nominal_rows)
+    partial = None
+    if any(c in PARTIAL_CATEGORIES for c in chosen):
+        partial = run("partial", _read_jsonl(folder / "humaneval_partial.jsonl"))
+    perturbed, cats = {}, {}
+    for cat in chosen:
+        sets = {}
+        for transform, path in available[cat].items():
+            if transforms is None or transform in transforms:
+                sets[transform] = perturbed[f"{cat}/{transform}"] = run(f"{cat}/{transform}", _read_jsonl(path))
+        if sets:
+            cats[cat] = _category_summary(partial if cat in PARTIAL_CATEGORIES else nominal, sets)
+    return {
+        "n": run.details["nominal"]["n"],
+        "nominal": nominal,
+        "partial_nominal": partial,
+        "perturbed": perturbed,
+        "categories": cats,
+        "details": run.details,
+        "generations": len(run.cache.generations),
+        "gen_ms_total": round(sum(d["gen_ms_total"] for d in run.details.values()), 1),
+    }
+
+
+def _choose_categories(available: dict[str, dict[str, Path]], categories: list[str] | None,
+                       transforms: list[str] | None) -> list[str]:
+    """The chosen ReCode categories (all of ``available`` for ``None``), in the order given, once each.
+
+    Raises:
+        PocketPilotError: a category is not in ``available``, or a transform in none of the chosen ones.
+    """
     chosen = list(available) if categories is None else list(dict.fromkeys(categories))
     unknown = [c for c in chosen if c not in available]
     if unknown:
@@ -348,45 +382,41 @@ def evaluate_recode(loaded, categories: list[str] | None = None, transforms: lis
         if bad:
             raise PocketPilotError(f"unknown ReCode transform {', '.join(bad)} for {', '.join(chosen)}; "
                                    f"available: {', '.join(sorted(names))}")
-    nominal_rows = load_problems(folder / "HumanEval.jsonl")
-    keep = [r["task_id"] for r in nominal_rows][:limit] if limit is not None else None
+    return chosen
 
-    def restrict(rows: list[dict]) -> list[dict]:
-        if keep is None:
+
+class _RecodeRun:
+    """Evaluates ReCode's problem sets on one model, each restricted to the same task ids.
+
+    Args:
+        loaded: a :class:`pocketpilot.runtime.LoadedModel`.
+        keep: the task ids to evaluate, in order (``None``: all of each set).
+        progress: optional wrapper around each set's problem iterator.
+        cache: generations and sandbox results shared by all sets.
+        kw: ``max_new_tokens``, ``timeout_s``, ``memory_mb`` for :func:`evaluate_humaneval`.
+    """
+
+    def __init__(self, loaded, keep: list[str] | None, progress, cache: EvalCache, kw: dict) -> None:
+        self.loaded, self.keep, self.progress, self.cache, self.kw = loaded, keep, progress, cache, kw
+        self.details: dict[str, dict] = {}  # set name -> evaluate_humaneval's result
+
+    def restrict(self, rows: list[dict]) -> list[dict]:
+        """``rows`` with the kept task ids, in their order (those a set lacks are skipped)."""
+        if self.keep is None:
             return rows
         by_id = {r["task_id"]: r for r in rows}
-        return [by_id[t] for t in keep if t in by_id]
+        return [by_id[t] for t in self.keep if t in by_id]
 
-    cache = cache if cache is not None else EvalCache()
-    details: dict[str, dict] = {}
+    def __call__(self, name: str, rows: list[dict]) -> float:
+        """Evaluate the set ``name``; returns its pass@1 (percent)."""
+        self.details[name] = evaluate_humaneval(self.loaded, self.restrict(rows), progress=self.progress,
+                                                cache=self.cache, **self.kw)
+        return self.details[name]["pass@1"]
 
-    def run(name: str, rows: list[dict]) -> float:
-        details[name] = evaluate_humaneval(loaded, restrict(rows), progress=progress, cache=cache, **kw)
-        return details[name]["pass@1"]
 
-    nominal = run("nominal", nominal_rows)
-    partial = None
-    if any(c in PARTIAL_CATEGORIES for c in chosen):
-        partial = run("partial", _read_jsonl(folder / "humaneval_partial.jsonl"))
-    perturbed, cats = {}, {}
-    for cat in chosen:
-        base = partial if cat in PARTIAL_CATEGORIES else nominal
-        sets = {}
-        for transform, path in available[cat].items():
-            if transforms is None or transform in transforms:
-                sets[transform] = perturbed[f"{cat}/{transform}"] = run(f"{cat}/{transform}", _read_jsonl(path))
-        if not sets:
-            continue
-        mean, worst = statistics.fmean(sets.values()), min(sets.values())
-        cats[cat] = {"nominal": base, "mean": round(mean, 2), "worst": worst,
-                     "drop_mean": round(base - mean, 2), "drop_worst": round(base - worst, 2), "sets": sets}
-    return {
-        "n": details["nominal"]["n"],
-        "nominal": nominal,
-        "partial_nominal": partial,
-        "perturbed": perturbed,
-        "categories": cats,
-        "details": details,
-        "generations": len(cache.generations),
-        "gen_ms_total": round(sum(d["gen_ms_total"] for d in details.values()), 1),
-    }
+def _category_summary(base: float, sets: dict[str, float]) -> dict:
+    """``{"nominal", "mean", "worst", "drop_mean", "drop_worst", "sets"}`` of one category: pass@1 and
+    drops from ``base`` in percentage points."""
+    mean, worst = statistics.fmean(sets.values()), min(sets.values())
+    return {"nominal": base, "mean": round(mean, 2), "worst": worst,
+            "drop_mean": round(base - mean, 2), "drop_worst": round(base - worst, 2), "sets": sets}

@@ -59,7 +59,7 @@ class LlamaCppEngine:
     def __init__(self, gguf: Path, prefix_tokens: int = 512, suffix_tokens: int = 128, max_new_tokens: int = 48,
                  threads: int | None = None):
         try:
-            llama_cpp = importlib.import_module("llama_cpp")
+            llama_cpp = importlib.import_module("llama_cpp")  # lazy: the optional `bench` extra
         except ImportError:
             raise MissingDependencyError(f"the llama.cpp baseline needs llama-cpp-python: {PIP_HINT}") from None
         threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())

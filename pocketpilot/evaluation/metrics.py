@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from rapidfuzz import fuzz
+
 
 def edit_similarity(pred: str, gt: str) -> float:
     """Edit similarity, 0-100: rapidfuzz ``fuzz.ratio`` (Indel distance) of the stripped strings.
 
     Same value as fuzzywuzzy's ``fuzz.ratio`` used by the CodeXGLUE evaluator.
     """
-    from rapidfuzz import fuzz
-
     return float(fuzz.ratio(pred.strip(), gt.strip()))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pocketpilot.errors import PocketPilotError
+
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the non-dominated points when lower ``x`` (latency) and higher ``y`` (ES) are better.
@@ -31,15 +33,22 @@ def _latency(m: dict) -> float | None:
     return (m.get("lines") or {}).get("latency_ms_p50") or (m.get("cost") or {}).get("latency_ms_p50")
 
 
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
+    import matplotlib  # lazy: matplotlib takes about a second to import and only plots need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: after choosing the backend
+
+    return plt
+
+
 def plot_pareto(result: dict, path: Path) -> Path | None:
     """ES against one-line p50 latency per model, marker area proportional to size on disk; front drawn.
 
     Returns the PNG path, or ``None`` when fewer than one model has both figures.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [(label, _latency(m), (m.get("lines") or {}).get("es"), m.get("size_bytes") or 0)
             for label, m in result["models"].items()]
@@ -72,10 +81,7 @@ def plot_pareto(result: dict, path: Path) -> Path | None:
 
 def plot_recode(result: dict, path: Path) -> Path | None:
     """Grouped bars: nominal pass@1 and mean perturbed pass@1 per ReCode category, per model (None if no ReCode)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     models = {k: m["recode"] for k, m in result["models"].items() if m.get("recode")}
     if not models:
@@ -99,7 +105,27 @@ def plot_recode(result: dict, path: Path) -> Path | None:
 
 
 def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Path | None = None) -> str:
-    """The report as Markdown: configuration, one table per suite, ratios to the first model, plots."""
+    """The report as Markdown: configuration, one table per suite, ratios to the first model, plots.
+
+    Args:
+        result: :func:`pocketpilot.evaluation.runner.run_eval`'s dict.
+        plots: ``{plot name: PNG path}`` to embed.
+        relative_to: write plot paths relative to this folder when they lie under it.
+    """
+    models = result["models"]
+    out = _header(result)
+    for section in (_lines_section, _codexglue_section, _humaneval_section, _cost_section):
+        out += section(models)
+    out += _ratios_section(models, result.get("ratios") or {})
+    for name, path in (plots or {}).items():
+        full = path.resolve()
+        shown = full.relative_to(relative_to) if relative_to and full.is_relative_to(relative_to) else path
+        out += [f"![{name}]({shown})", ""]
+    return "\n".join(out)
+
+
+def _header(result: dict) -> list[str]:
+    """Title, suites, seed, limit, wall time (s), inputs and what the checkpoint supplied."""
     cfg, models = result["config"], result["models"]
     out = ["# PocketPilot evaluation", ""]
     out.append(f"Suites: {', '.join(cfg['suites'])}; seed {cfg['seed']}"
@@ -113,82 +139,106 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
                    f"it, made by earlier runs or for a repeated input in this one, with the latencies measured "
                    f"when each was made)")
     out.append("")
-    if any(m.get("lines") for m in models.values()):
-        out += ["## Line completion on raw code", "",
-                "| model | weights MB | ES | EM % | p50 ms | p95 ms | decode ms/token |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for label, m in models.items():
-            r = m.get("lines") or {}
-            if r:
-                out.append(f"| {label} | {_mb(m.get('size_bytes'))} | {_fmt(r['es'])} | {_fmt(r['em'])} | "
-                           f"{_fmt(r['latency_ms_p50'], '.0f')} | {_fmt(r['latency_ms_p95'], '.0f')} | "
-                           f"{_fmt(r.get('decode_ms_per_token'), '.1f')} |")
-        out.append("")
-    if any(m.get("codexglue") for m in models.values()):
-        out += ["## CodeXGLUE line completion (official de-normalization and metrics)", "",
-                "| model | ES | EM % | p50 ms |", "|---|---:|---:|---:|"]
-        for label, m in models.items():
-            r = m.get("codexglue") or {}
-            if r:
-                out.append(f"| {label} | {_fmt(r['es'])} | {_fmt(r['em'])} | {_fmt(r.get('latency_ms_p50'), '.0f')} |")
-        out += ["", "Published on the test split (EM / ES): CodeGPT-small-py 42.18 / 71.23, UniXcoder 43.12 / 72.00 "
-                "(fine-tuned on py150; the models here are zero-shot on its tokenized format).", ""]
-    if any(m.get("humaneval") or m.get("recode") for m in models.values()):
-        out += ["## HumanEval and ReCode robustness (pass@1 %, greedy, sandboxed)", ""]
-        cats: list[str] = []
-        for m in models.values():
-            for c in (m.get("recode") or {}).get("categories", {}):
-                if c not in cats:
-                    cats.append(c)
-        cols = ["HumanEval"] + [f"{c} mean (drop)" for c in cats] + (["worst-case drop"] if cats else [])
-        out += ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-        for label, m in models.items():
-            he, rec = m.get("humaneval") or {}, m.get("recode") or {}
-            if not he and not rec:
-                continue
-            cells = [_fmt(he.get("pass@1", rec.get("nominal")), ".1f")]
-            for c in cats:
-                v = rec.get("categories", {}).get(c)
-                cells.append("-" if v is None else f"{v['mean']:.1f} ({v['drop_mean']:+.1f})")
-            if cats:
-                worst = max((v["drop_worst"] for v in rec.get("categories", {}).values()), default=None)
-                cells.append(_fmt(worst, ".1f"))
-            out.append(f"| {label} | " + " | ".join(cells) + " |")
-        out += ["", "Drop = nominal minus perturbed pass@1, percentage points (ReCode, Wang et al. 2022); "
-                "`format` and `natgen` are measured against the partial-code nominal.", ""]
-    if any(m.get("cost") for m in models.values()):
-        out += ["## Cost (one child process per model)", "",
-                "| model | size MB | load ms | peak RSS MB | prefill 512 ms | prefill 1024 ms | decode ms/token | "
-                "p50 ms | p95 ms | tokens/s | J / 1000 | g CO2e / 1000 | energy |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        notes = []
-        for label, m in models.items():
-            c = m.get("cost") or {}
-            if not c:
-                continue
-            pre = c.get("prefill_ms") or {}
-            out.append(f"| {label} | {_mb(c.get('size_bytes'))} | {_fmt(c.get('load_ms'), '.0f')} | "
-                       f"{_mb(c.get('peak_rss_bytes'))} | {_fmt(pre.get('512'), '.0f')} | {_fmt(pre.get('1024'), '.0f')} | "
-                       f"{_fmt(c.get('decode_ms_per_token'), '.1f')} | {_fmt(c.get('latency_ms_p50'), '.0f')} | "
-                       f"{_fmt(c.get('latency_ms_p95'), '.0f')} | {_fmt(c.get('tokens_per_s'), '.1f')} | "
-                       f"{_fmt(c.get('energy_j_per_1000'), '.0f')} | {_fmt(c.get('co2e_g_per_1000'), '.3f')} | "
-                       f"{c.get('energy_source') or '-'} |")
-            if c.get("energy_note") and c["energy_note"] not in notes:
-                notes.append(c["energy_note"])
-        out += [""] + [f"Energy: {n}" for n in notes] + [""]
-    rat = result.get("ratios") or {}
-    if len(models) > 1 and rat:
-        keys = [k for k in next(iter(rat.values())) if any(r.get(k) is not None for r in rat.values())]
-        first = next(iter(models))
-        out += [f"## Ratios to {first}", "", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-        for label, r in rat.items():
-            out.append(f"| {label} | " + " | ".join(_fmt(r.get(k), ".3f") for k in keys) + " |")
-        out += ["", "Value / reference: above 1 is better for ES, EM and pass@1, below 1 is better for latency, "
-                "memory, energy and size.", ""]
-    for name, path in (plots or {}).items():
-        full = path.resolve()
-        shown = full.relative_to(relative_to) if relative_to and full.is_relative_to(relative_to) else path
-        out += [f"![{name}]({shown})", ""]
-    return "\n".join(out)
+    return out
+
+
+def _lines_section(models: dict) -> list[str]:
+    """The line-completion table (ES, EM %, p50 / p95 ms, decode ms/token), or nothing."""
+    if not any(m.get("lines") for m in models.values()):
+        return []
+    out = ["## Line completion on raw code", "",
+           "| model | weights MB | ES | EM % | p50 ms | p95 ms | decode ms/token |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, m in models.items():
+        r = m.get("lines") or {}
+        if r:
+            out.append(f"| {label} | {_mb(m.get('size_bytes'))} | {_fmt(r['es'])} | {_fmt(r['em'])} | "
+                       f"{_fmt(r['latency_ms_p50'], '.0f')} | {_fmt(r['latency_ms_p95'], '.0f')} | "
+                       f"{_fmt(r.get('decode_ms_per_token'), '.1f')} |")
+    return out + [""]
+
+
+def _codexglue_section(models: dict) -> list[str]:
+    """The CodeXGLUE table (ES, EM %, p50 ms) with the published figures, or nothing."""
+    if not any(m.get("codexglue") for m in models.values()):
+        return []
+    out = ["## CodeXGLUE line completion (official de-normalization and metrics)", "",
+           "| model | ES | EM % | p50 ms |", "|---|---:|---:|---:|"]
+    for label, m in models.items():
+        r = m.get("codexglue") or {}
+        if r:
+            out.append(f"| {label} | {_fmt(r['es'])} | {_fmt(r['em'])} | {_fmt(r.get('latency_ms_p50'), '.0f')} |")
+    return out + ["", "Published on the test split (EM / ES): CodeGPT-small-py 42.18 / 71.23, UniXcoder 43.12 / 72.00 "
+                  "(fine-tuned on py150; the models here are zero-shot on its tokenized format).", ""]
+
+
+def _humaneval_section(models: dict) -> list[str]:
+    """The HumanEval / ReCode table (pass@1 %, per-category mean and drop, worst-case drop), or nothing."""
+    if not any(m.get("humaneval") or m.get("recode") for m in models.values()):
+        return []
+    cats: list[str] = []
+    for m in models.values():
+        for c in (m.get("recode") or {}).get("categories", {}):
+            if c not in cats:
+                cats.append(c)
+    cols = ["HumanEval"] + [f"{c} mean (drop)" for c in cats] + (["worst-case drop"] if cats else [])
+    out = ["## HumanEval and ReCode robustness (pass@1 %, greedy, sandboxed)", "",
+           "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for label, m in models.items():
+        he, rec = m.get("humaneval") or {}, m.get("recode") or {}
+        if he or rec:
+            out.append(f"| {label} | " + " | ".join(_humaneval_cells(he, rec, cats)) + " |")
+    return out + ["", "Drop = nominal minus perturbed pass@1, percentage points (ReCode, Wang et al. 2022); "
+                  "`format` and `natgen` are measured against the partial-code nominal.", ""]
+
+
+def _humaneval_cells(he: dict, rec: dict, cats: list[str]) -> list[str]:
+    """One model's cells of the HumanEval / ReCode table."""
+    cells = [_fmt(he.get("pass@1", rec.get("nominal")), ".1f")]
+    for c in cats:
+        v = rec.get("categories", {}).get(c)
+        cells.append("-" if v is None else f"{v['mean']:.1f} ({v['drop_mean']:+.1f})")
+    if cats:
+        worst = max((v["drop_worst"] for v in rec.get("categories", {}).values()), default=None)
+        cells.append(_fmt(worst, ".1f"))
+    return cells
+
+
+def _cost_section(models: dict) -> list[str]:
+    """The cost table (MB, ms, tokens/s, J and g CO2e per 1000 completions) and its energy notes, or nothing."""
+    if not any(m.get("cost") for m in models.values()):
+        return []
+    out = ["## Cost (one child process per model)", "",
+           "| model | size MB | load ms | peak RSS MB | prefill 512 ms | prefill 1024 ms | decode ms/token | "
+           "p50 ms | p95 ms | tokens/s | J / 1000 | g CO2e / 1000 | energy |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    notes = []
+    for label, m in models.items():
+        c = m.get("cost") or {}
+        if not c:
+            continue
+        pre = c.get("prefill_ms") or {}
+        out.append(f"| {label} | {_mb(c.get('size_bytes'))} | {_fmt(c.get('load_ms'), '.0f')} | "
+                   f"{_mb(c.get('peak_rss_bytes'))} | {_fmt(pre.get('512'), '.0f')} | {_fmt(pre.get('1024'), '.0f')} | "
+                   f"{_fmt(c.get('decode_ms_per_token'), '.1f')} | {_fmt(c.get('latency_ms_p50'), '.0f')} | "
+                   f"{_fmt(c.get('latency_ms_p95'), '.0f')} | {_fmt(c.get('tokens_per_s'), '.1f')} | "
+                   f"{_fmt(c.get('energy_j_per_1000'), '.0f')} | {_fmt(c.get('co2e_g_per_1000'), '.3f')} | "
+                   f"{c.get('energy_source') or '-'} |")
+        if c.get("energy_note") and c["energy_note"] not in notes:
+            notes.append(c["energy_note"])
+    return out + [""] + [f"Energy: {n}" for n in notes] + [""]
+
+
+def _ratios_section(models: dict, rat: dict) -> list[str]:
+    """The ratios to the first model (metrics any model has), or nothing for a single model."""
+    if len(models) <= 1 or not rat:
+        return []
+    keys = [k for k in next(iter(rat.values())) if any(r.get(k) is not None for r in rat.values())]
+    first = next(iter(models))
+    out = [f"## Ratios to {first}", "", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for label, r in rat.items():
+        out.append(f"| {label} | " + " | ".join(_fmt(r.get(k), ".3f") for k in keys) + " |")
+    return out + ["", "Value / reference: above 1 is better for ES, EM and pass@1, below 1 is better for latency, "
+                  "memory, energy and size.", ""]
 
 
 def write_report(result: dict, report: Path | None = None, plots_dir: Path | None = None) -> dict[str, Path]:
@@ -199,8 +249,6 @@ def write_report(result: dict, report: Path | None = None, plots_dir: Path | Non
     Raises:
         PocketPilotError: a path cannot be written (full disk, no permission).
     """
-    from pocketpilot.errors import PocketPilotError
-
     base = report.parent if report else Path(".")
     stem = report.stem if report else "eval"
     plots_dir = plots_dir or base

@@ -1,6 +1,6 @@
 """``pocketpilot eval``: run the chosen suites on one or more models and compare them.
 
-Suites (:data:`SUITES`):
+Suites (:data:`SUITES`, the one table of them):
 
 - ``lines``: line completion on raw code (:mod:`.tasks`, :mod:`.line_completion`): ES / EM.
 - ``codexglue``: CodeXGLUE line completion (py150 or Java dev split) with the official metrics (:mod:`.codexglue`).
@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pocketpilot.errors import PocketPilotError
+from tqdm import tqdm
 
-SUITES = ("lines", "codexglue", "humaneval", "recode", "cost")
+from pocketpilot.corpus import default_source_dir, held_out_files
+from pocketpilot.errors import ArtifactError, PocketPilotError
+from pocketpilot.evaluation import cost
+from pocketpilot.evaluation.checkpoint import Checkpoint, CheckpointedEngine, CheckpointScope, model_fingerprint
+from pocketpilot.evaluation.codexglue import evaluate_codexglue, load_examples
+from pocketpilot.evaluation.humaneval import EvalCache, evaluate_humaneval, evaluate_recode, load_problems
+from pocketpilot.evaluation.line_completion import evaluate_lines
+from pocketpilot.evaluation.tasks import make_tasks
+from pocketpilot.store import folder_bytes, read_manifest, resolve_artifact
+from pocketpilot.teachers import parse_spec, teacher_gguf
 
 
 def parse_suites(text: str) -> list[str]:
@@ -40,8 +50,6 @@ def parse_suites(text: str) -> list[str]:
 
 
 def _tqdm(desc: str) -> Callable[[Iterable], Iterable]:
-    from tqdm import tqdm
-
     return lambda it: tqdm(it, desc=desc, file=sys.stderr, leave=False)
 
 
@@ -58,19 +66,232 @@ def model_label(name: str | None) -> str:
 
 
 def teacher_of(name: str | None) -> str | None:
-    """The teacher spec behind a model name: itself for a teacher spec, else the artifact manifest's teacher."""
-    from pocketpilot.store import read_json_or_none, resolve_artifact
-    from pocketpilot.teachers import parse_spec
+    """The teacher spec behind a model name: itself for a teacher spec, else the artifact manifest's teacher.
 
+    A distilled student's teacher is its source artifact's (``recipe.source_artifact.teacher``);
+    ``None`` for a folder without a readable manifest.
+
+    Raises:
+        UnknownTeacherError: ``name`` is neither an artifact nor a teacher spec.
+    """
     try:
         folder = resolve_artifact(name)
     except PocketPilotError:
         parse_spec(name)
         return name
-    manifest = read_json_or_none(folder / "manifest.json") or {}
-    spec = (manifest.get("teacher") or {}).get("spec")
-    source = (manifest.get("recipe") or {}).get("source_artifact") or {}
-    return source.get("teacher") or spec
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError:  # a plain Hugging Face folder, or an unreadable manifest: no teacher known
+        return None
+    source = manifest.recipe.get("source_artifact") or {}
+    return source.get("teacher") or manifest.teacher.spec
+
+
+@dataclass
+class _Inputs:
+    """What every model is evaluated on, prepared once (``None`` where no chosen suite reads it)."""
+
+    tasks: list[dict] | None
+    examples: list[dict] | None
+    problems: list[dict] | None
+    limit: int | None
+    recode_categories: list[str] | None
+    cost_completions: int
+
+
+class _ModelRun:
+    """One model's suites: its loaded form, completion engine, HumanEval cache and checkpoint scopes.
+
+    Args:
+        name: the model name (:func:`pocketpilot.runtime.loader.load_any`; ``None``: the active artifact).
+        label: its name in reports (:func:`model_label`).
+        inputs: the suites' inputs.
+        log: one-line progress messages.
+        ckpt: the run's :class:`.checkpoint.Checkpoint`, or ``None``.
+    """
+
+    def __init__(self, name: str | None, label: str, inputs: _Inputs, log: Callable[[str], None],
+                 ckpt: Checkpoint | None) -> None:
+        self.name, self.label, self.inputs, self.log, self.ckpt = name, label, inputs, log, ckpt
+        self.loaded = None
+        self.fingerprint: str | None = None  # of the model's weights, computed once when there is a checkpoint
+        self._engine = None
+        self._cache: EvalCache | None = None
+
+    def load(self) -> int:
+        """Load the model in this process; returns the bytes of its ``*.safetensors`` files."""
+        from pocketpilot.runtime.loader import load_any  # lazy: torch
+
+        t0 = time.perf_counter()
+        self.loaded = load_any(self.name)
+        size = folder_bytes(self.loaded.folder, "*.safetensors")
+        self.log(f"   loaded in {time.perf_counter() - t0:.1f} s ({size / 1e6:.0f} MB of weights)")
+        if self.ckpt is not None:
+            self.fingerprint = model_fingerprint(self.loaded.folder)
+        return size
+
+    def release(self) -> None:
+        """Drop the loaded model and everything that holds it."""
+        self.loaded = self._engine = self._cache = None
+
+    def scope(self, kind: str, settings=None) -> CheckpointScope | None:
+        """The checkpoint scope of this model's ``kind`` of output, or ``None`` without a checkpoint."""
+        if self.ckpt is None:
+            return None
+        if self.fingerprint is None:  # not loaded here (the cost suite): fingerprint the folder
+            from pocketpilot.runtime.loader import resolve_any  # lazy: torch
+
+            self.fingerprint = model_fingerprint(resolve_any(self.name))
+        return self.ckpt.scope(self.fingerprint, kind, settings)
+
+    def engine(self):
+        """The completion engine, wrapped so that its completions are kept in and reused from the checkpoint
+        (a new wrapper each call, counting its own ``reused``)."""
+        if self._engine is None:
+            from pocketpilot.runtime import CompletionEngine  # lazy: torch
+
+            self._engine = CompletionEngine(self.loaded)
+        if self.ckpt is None:
+            return self._engine
+        return CheckpointedEngine(self._engine, self.scope("complete", asdict(self._engine.settings)))
+
+    def eval_cache(self) -> EvalCache:
+        """HumanEval generations shared by ``humaneval`` and ReCode's nominal set, kept in the checkpoint."""
+        if self._cache is None:
+            self._cache = EvalCache(self.scope("generate"))
+        return self._cache
+
+
+def _timed(fn, *args, **kw) -> dict:
+    """``fn(*args, **kw)`` (a suite's result dict) with its wall time added as ``wall_s`` (s)."""
+    t0 = time.perf_counter()
+    res = fn(*args, **kw)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def _suite_lines(run: _ModelRun) -> dict:
+    engine = run.engine()
+    res = _timed(evaluate_lines, engine, run.inputs.tasks, progress=_tqdm(f"{run.label} lines"))
+    res["reused"] = getattr(engine, "reused", 0)
+    run.log(f"   lines: n={res['n']} ES {res['es']:.2f} EM {res['em']:.2f}% "
+            f"p50 {res['latency_ms_p50']} ms ({res['wall_s']} s)")
+    return res
+
+
+def _suite_codexglue(run: _ModelRun) -> dict:
+    engine = run.engine()
+    res = _timed(evaluate_codexglue, engine, run.inputs.examples, progress=_tqdm(f"{run.label} codexglue"))
+    res["reused"] = getattr(engine, "reused", 0)
+    run.log(f"   codexglue: n={res['n']} ES {res['es']:.2f} EM {res['em']:.2f}% ({res['wall_s']} s)")
+    return res
+
+
+def _suite_humaneval(run: _ModelRun) -> dict:
+    res = _timed(evaluate_humaneval, run.loaded, run.inputs.problems, progress=_tqdm(f"{run.label} humaneval"),
+                 cache=run.eval_cache())
+    run.log(f"   humaneval: n={res['n']} pass@1 {res['pass@1']:.2f}% ({res['wall_s']} s)")
+    return res
+
+
+def _suite_recode(run: _ModelRun) -> dict:
+    rec = _timed(evaluate_recode, run.loaded, categories=run.inputs.recode_categories, limit=run.inputs.limit,
+                 progress=_tqdm(f"{run.label} recode"), cache=run.eval_cache())
+    run.log(f"   recode: nominal {rec['nominal']:.2f}%, " + ", ".join(
+        f"{c} mean {v['mean']:.1f} (drop {v['drop_mean']:+.1f})" for c, v in rec["categories"].items())
+        + f" ({rec['wall_s']} s)")
+    return rec
+
+
+def _suite_cost(run: _ModelRun) -> dict:
+    tasks = run.inputs.tasks
+    return _cost(run.name, tasks, min(run.inputs.cost_completions, len(tasks)), run.log, run.scope("cost"))
+
+
+def _cost(name, tasks, n_completions: int, log, scope) -> dict:
+    """The cost suite for one model, reused from the checkpoint ``scope`` when it holds a result
+    for the same first ``n_completions`` tasks."""
+    item = [n_completions, [[t["prefix"], t.get("suffix", "")] for t in tasks[:n_completions]]]
+    stored = scope.get(item) if scope is not None else None
+    if isinstance(stored, dict):
+        log("   cost: reused from the checkpoint")
+        return {**stored, "reused": 1}
+    log(f"   cost: child process, {n_completions} completions")
+    res = cost.measure_cost(name, tasks, n_completions=n_completions)
+    if scope is not None:
+        scope.put(item, res)
+    return res
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One suite of :func:`run_eval`.
+
+    Attributes:
+        run: ``run(model_run) -> result dict`` for one model.
+        in_process: runs on the model loaded in this process (``cost`` loads it in a child process).
+        needs: the inputs it reads, prepared once for all models: ``"tasks"`` (raw-code
+            line-completion tasks), ``"examples"`` (CodeXGLUE), ``"problems"`` (HumanEval).
+    """
+
+    run: Callable[[_ModelRun], dict]
+    in_process: bool = True
+    needs: tuple[str, ...] = ()
+
+
+#: every suite, by name, in the order they run and are reported
+SUITES: dict[str, Suite] = {
+    "lines": Suite(_suite_lines, needs=("tasks",)),
+    "codexglue": Suite(_suite_codexglue, needs=("examples",)),
+    "humaneval": Suite(_suite_humaneval, needs=("problems",)),
+    "recode": Suite(_suite_recode),  # reads its own problem sets (ReCode's nominal and perturbed files)
+    "cost": Suite(_suite_cost, in_process=False, needs=("tasks",)),
+}
+
+
+def _needs(suites: list[str], what: str) -> bool:
+    return any(what in SUITES[s].needs for s in suites)
+
+
+def _default_tasks(n: int, seed: int, held_out: bool) -> tuple[list[dict], str]:
+    """``n`` tasks cut from the standard library with ``seed`` (``held_out``: distillation's held-out files), and their label."""
+    root = default_source_dir()
+    tasks = make_tasks(root, n=n, seed=seed, files=held_out_files([root]) if held_out else None)
+    label = f"{len(tasks)} tasks cut from the Python standard library{' (held-out files)' if held_out else ''}, seed {seed}"
+    return tasks, label
+
+
+def _check_args(models: list[str | None], suites: list[str], baseline: str | None) -> list[str | None]:
+    """``models`` (``[None]`` when empty) after checking ``suites`` and ``baseline``.
+
+    Raises:
+        PocketPilotError: an unknown suite or baseline.
+    """
+    bad = [s for s in suites if s not in SUITES]
+    if bad:
+        raise PocketPilotError(f"unknown suite {', '.join(bad)}; choose from {', '.join(SUITES)} or all")
+    if baseline not in (None, "llama.cpp"):
+        raise PocketPilotError(f"unknown baseline {baseline!r}; the only one is llama.cpp")
+    return models or [None]
+
+
+def _eval_model(name: str | None, suites: list[str], inputs: _Inputs, log, ckpt: Checkpoint | None) -> dict:
+    """One model's entry of :func:`run_eval`'s ``models``: ``{"name", "size_bytes", SUITE: result...}``."""
+    run = _ModelRun(name, model_label(name), inputs, log, ckpt)
+    log(f"== {run.label}")
+    entry: dict = {"name": name}
+    chosen = [s for s in SUITES if s in suites]
+    in_process = [s for s in chosen if SUITES[s].in_process]
+    if in_process:
+        entry["size_bytes"] = run.load()
+        for suite in in_process:
+            entry[suite] = SUITES[suite].run(run)
+        run.release()
+    for suite in (s for s in chosen if not SUITES[s].in_process):
+        entry[suite] = SUITES[suite].run(run)
+    if "cost" in entry:
+        entry.setdefault("size_bytes", entry["cost"].get("weights_bytes"))
+    return entry
 
 
 def run_eval(
@@ -94,8 +315,8 @@ def run_eval(
     """Evaluate ``models`` on ``suites``; the first model is the reference for ratios.
 
     Args:
-        models: names :func:`pocketpilot.compression.api.load_any` accepts (``None``: the active artifact).
-        suites: from :data:`SUITES`.
+        models: names :func:`pocketpilot.runtime.loader.load_any` accepts (``None``: the active artifact).
+        suites: names in :data:`SUITES` (run in its order).
         tasks: raw-code line-completion tasks (default: ``n`` cut from the standard library with ``seed``).
         n, seed, held_out: how default tasks are cut (``held_out``: only files distillation holds out).
         limit: at most this many items in every suite (quick runs).
@@ -118,66 +339,24 @@ def run_eval(
     Raises:
         PocketPilotError: unknown model, suite, or missing data, before any model runs where possible.
     """
-    from pocketpilot.runtime.loader import load_any, resolve_any
-    from pocketpilot.store import folder_bytes
-    from pocketpilot.evaluation.checkpoint import Checkpoint, model_fingerprint
-
     t_start = time.perf_counter()
     ckpt = Checkpoint(checkpoint) if checkpoint else None
-    if not models:
-        models = [None]
-    if baseline not in (None, "llama.cpp"):
-        raise PocketPilotError(f"unknown baseline {baseline!r}; the only one is llama.cpp")
-    if "lines" in suites or "cost" in suites or baseline:
+    models = _check_args(models, suites, baseline)
+    if baseline or _needs(suites, "tasks"):
         if tasks is None:
-            from pocketpilot.corpus import held_out_files
-            from pocketpilot.corpus import default_source_dir
-            from pocketpilot.evaluation.tasks import make_tasks
-
-            root = default_source_dir()
-            tasks = make_tasks(root, n=n, seed=seed, files=held_out_files([root]) if held_out else None)
-            tasks_label = f"{len(tasks)} tasks cut from the Python standard library{' (held-out files)' if held_out else ''}, seed {seed}"
+            tasks, tasks_label = _default_tasks(n, seed, held_out)
         if limit and len(tasks) > limit:
-            tasks = tasks[:limit]
-            tasks_label = f"{tasks_label} (first {limit})"
-    examples = problems = None
-    if "codexglue" in suites:
-        from pocketpilot.evaluation.codexglue import load_examples
-
-        examples = load_examples(codexglue_lang, limit=min(codexglue_n, limit or codexglue_n), seed=seed)
-    if "humaneval" in suites:
-        from pocketpilot.evaluation.humaneval import load_problems
-
-        problems = load_problems(limit=limit)
+            tasks, tasks_label = tasks[:limit], f"{tasks_label} (first {limit})"
+    examples = load_examples(codexglue_lang, limit=min(codexglue_n, limit or codexglue_n), seed=seed) \
+        if _needs(suites, "examples") else None
+    problems = load_problems(limit=limit) if _needs(suites, "problems") else None
     config = {"suites": suites, "seed": seed, "limit": limit, "tasks": tasks_label if tasks is not None else None,
               "codexglue": f"{codexglue_lang} dev, {len(examples)} examples (seed {seed})" if examples else None,
               "humaneval": f"{len(problems)} problems" if problems else None,
               "recode_categories": recode_categories, "baseline": baseline,
               "checkpoint": str(checkpoint) if checkpoint else None}
-    out: dict = {"config": config, "models": {}}
-    for name in models:
-        label = model_label(name)
-        fingerprint = None  # of the model's weights, computed once when there is a checkpoint
-        log(f"== {label}")
-        entry: dict = {"name": name}
-        model_suites = [s for s in suites if s != "cost"]
-        if model_suites:
-            t0 = time.perf_counter()
-            loaded = load_any(name)
-            entry["size_bytes"] = folder_bytes(loaded.folder, "*.safetensors")
-            log(f"   loaded in {time.perf_counter() - t0:.1f} s ({entry['size_bytes'] / 1e6:.0f} MB of weights)")
-            if ckpt is not None:
-                fingerprint = model_fingerprint(loaded.folder)
-            entry.update(_run_model_suites(loaded, model_suites, tasks, examples, problems, recode_categories,
-                                           limit, label, log, None if ckpt is None else (ckpt, fingerprint)))
-            del loaded
-        if "cost" in suites:
-            if ckpt is not None and fingerprint is None:
-                fingerprint = model_fingerprint(resolve_any(name))
-            entry["cost"] = _cost(name, tasks, min(cost_completions, len(tasks)), log,
-                                  None if ckpt is None else ckpt.scope(fingerprint, "cost"))
-            entry.setdefault("size_bytes", entry["cost"].get("weights_bytes"))
-        out["models"][label] = entry
+    inputs = _Inputs(tasks, examples, problems, limit, recode_categories, cost_completions)
+    out: dict = {"config": config, "models": {model_label(m): _eval_model(m, suites, inputs, log, ckpt) for m in models}}
     if baseline:
         out["models"].update(_run_baseline(models[0], suites, tasks, examples, log))
     out["ratios"] = ratios(out["models"])
@@ -187,86 +366,9 @@ def run_eval(
     return out
 
 
-def _cost(name, tasks, n_completions: int, log, scope) -> dict:
-    """The cost suite for one model, reused from the checkpoint ``scope`` when it holds a result
-    for the same first ``n_completions`` tasks."""
-    from pocketpilot.evaluation.cost import measure_cost
-
-    item = [n_completions, [[t["prefix"], t.get("suffix", "")] for t in tasks[:n_completions]]]
-    stored = scope.get(item) if scope is not None else None
-    if isinstance(stored, dict):
-        log("   cost: reused from the checkpoint")
-        return {**stored, "reused": 1}
-    log(f"   cost: child process, {n_completions} completions")
-    res = measure_cost(name, tasks, n_completions=n_completions)
-    if scope is not None:
-        scope.put(item, res)
-    return res
-
-
-def _timed(fn, *args, **kw) -> dict:
-    """``fn(*args, **kw)`` (a suite's result dict) with its wall time added as ``wall_s`` (s)."""
-    t0 = time.perf_counter()
-    res = fn(*args, **kw)
-    res["wall_s"] = round(time.perf_counter() - t0, 1)
-    return res
-
-
-def _run_model_suites(loaded, suites, tasks, examples, problems, recode_categories, limit, label, log,
-                      ckpt=None) -> dict:
-    """The in-process suites for one loaded model; ``ckpt``: ``(Checkpoint, model fingerprint)`` or None."""
-    from dataclasses import asdict
-
-    from pocketpilot.evaluation.checkpoint import CheckpointedEngine
-    from pocketpilot.runtime import CompletionEngine
-
-    res: dict = {}
-    base = CompletionEngine(loaded) if {"lines", "codexglue"} & set(suites) else None
-
-    def checkpointed():
-        """The engine, wrapped so that its completions are kept in and reused from the checkpoint."""
-        if ckpt is None:
-            return base
-        return CheckpointedEngine(base, ckpt[0].scope(ckpt[1], "complete", asdict(base.settings)))
-
-    if "lines" in suites:
-        from pocketpilot.evaluation.line_completion import evaluate_lines
-
-        engine = checkpointed()
-        res["lines"] = _timed(evaluate_lines, engine, tasks, progress=_tqdm(f"{label} lines"))
-        res["lines"]["reused"] = getattr(engine, "reused", 0)
-        log(f"   lines: n={res['lines']['n']} ES {res['lines']['es']:.2f} EM {res['lines']['em']:.2f}% "
-            f"p50 {res['lines']['latency_ms_p50']} ms ({res['lines']['wall_s']} s)")
-    if "codexglue" in suites:
-        from pocketpilot.evaluation.codexglue import evaluate_codexglue
-
-        engine = checkpointed()
-        res["codexglue"] = _timed(evaluate_codexglue, engine, examples, progress=_tqdm(f"{label} codexglue"))
-        res["codexglue"]["reused"] = getattr(engine, "reused", 0)
-        log(f"   codexglue: n={res['codexglue']['n']} ES {res['codexglue']['es']:.2f} EM {res['codexglue']['em']:.2f}% "
-            f"({res['codexglue']['wall_s']} s)")
-    if "humaneval" in suites or "recode" in suites:
-        from pocketpilot.evaluation.humaneval import EvalCache, evaluate_humaneval, evaluate_recode
-
-        # nominal HumanEval generations are reused by ReCode's nominal set, and kept in the checkpoint
-        cache = EvalCache(None if ckpt is None else ckpt[0].scope(ckpt[1], "generate"))
-        if "humaneval" in suites:
-            res["humaneval"] = _timed(evaluate_humaneval, loaded, problems, progress=_tqdm(f"{label} humaneval"),
-                                      cache=cache)
-            log(f"   humaneval: n={res['humaneval']['n']} pass@1 {res['humaneval']['pass@1']:.2f}% "
-                f"({res['humaneval']['wall_s']} s)")
-        if "recode" in suites:
-            rec = res["recode"] = _timed(evaluate_recode, loaded, categories=recode_categories, limit=limit,
-                                         progress=_tqdm(f"{label} recode"), cache=cache)
-            log(f"   recode: nominal {rec['nominal']:.2f}%, " + ", ".join(
-                f"{c} mean {v['mean']:.1f} (drop {v['drop_mean']:+.1f})" for c, v in rec["categories"].items())
-                + f" ({rec['wall_s']} s)")
-    return res
-
-
 def _run_baseline(first: str | None, suites, tasks, examples, log) -> dict:
-    from pocketpilot.teachers import teacher_gguf
-    from pocketpilot.evaluation.llamacpp import LlamaCppEngine
+    """The llama.cpp baseline: ``first``'s teacher GGUF on the ``lines`` tasks and CodeXGLUE examples."""
+    from pocketpilot.evaluation.llamacpp import LlamaCppEngine  # lazy: torch (runtime.engine)
 
     teacher = teacher_of(first)
     gguf = teacher_gguf(teacher, lambda m, f: log(f"   {m}"))
@@ -275,12 +377,8 @@ def _run_baseline(first: str | None, suites, tasks, examples, log) -> dict:
     log(f"== {label} (baseline)")
     entry: dict = {"name": f"llama.cpp:{gguf}", "size_bytes": gguf.stat().st_size, "baseline": True}
     if tasks is not None:
-        from pocketpilot.evaluation.line_completion import evaluate_lines
-
         entry["lines"] = evaluate_lines(engine, tasks, progress=_tqdm(f"{label} lines"))
     if "codexglue" in suites and examples:
-        from pocketpilot.evaluation.codexglue import evaluate_codexglue
-
         entry["codexglue"] = evaluate_codexglue(engine, examples, progress=_tqdm(f"{label} codexglue"))
     return {label: entry}
 

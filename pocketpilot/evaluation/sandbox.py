@@ -64,7 +64,7 @@ def _limits(memory_mb: int, cpu_s: int):
     """``preexec_fn`` for the child: resource limits (runs after fork, before exec)."""
 
     def apply() -> None:
-        import resource
+        import resource  # lazy: Unix-only, and needed only in the forked child
 
         mem = int(memory_mb) << 20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))

@@ -25,13 +25,16 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from pocketpilot.corpus import default_source_dir, source_files
 from pocketpilot.errors import PocketPilotError
 from pocketpilot.evaluation.line_completion import percentile
-from pocketpilot.corpus import default_source_dir, source_files
 
 
 @dataclass(frozen=True)
@@ -125,109 +128,156 @@ async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, de
     Raises:
         PocketPilotError: the server has no model to serve.
     """
-    from lsprotocol import types
-    from pygls.lsp.client import LanguageClient
-
-    client = LanguageClient("pocketpilot-bench", "0")
-    statuses: list = []
-    ready = asyncio.Event()
-
-    @client.feature("pocketpilot/status")
-    def on_status(params):
-        statuses.append(params)
-        if params.state in ("ready", "no-model", "error"):
-            ready.set()
-
-    await client.start_io(python, "-m", "pocketpilot", "serve")
+    session = _Session(LanguageClient("pocketpilot-bench", "0"), 1.0 / cps, debounce_ms)
+    await session.client.start_io(python, "-m", "pocketpilot", "serve")
     try:
-        caps = types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
-            inline_completion=types.InlineCompletionClientCapabilities()))
-        await client.initialize_async(types.InitializeParams(capabilities=caps, initialization_options=settings))
-        client.initialized(types.InitializedParams())
-        await asyncio.wait_for(ready.wait(), 900)
-        if statuses[-1].state != "ready":
-            raise PocketPilotError(f"the server has no model: {statuses[-1].message}")
-        model = statuses[-1].model
-        gap = 1.0 / cps
-        latencies: list[float] = []
-        log: list[dict] = []
-        hits = reused = ahead = shown = accepted = 0
+        model = await session.initialize(settings)
         for n, st in enumerate(stretches):
-            uri = st.path.resolve().as_uri() + f"#bench{n}"
-            version = 1
-            text = st.before + "\n" + st.after if st.after else st.before
-            client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
-                uri=uri, language_id="python", version=version, text=text)))
-            done = ""
-            keys = keystrokes(st.typed)
-            for k, key in enumerate(keys):
-                done += key
-                version += 1
-                client.text_document_did_change(types.DidChangeTextDocumentParams(
-                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-                    content_changes=[types.TextDocumentContentChangeWholeDocument(
-                        text=st.before + done + "\n" + st.after)]))
-                if done == st.typed:
-                    break  # the stretch is typed; nothing to suggest inside it any more
-                await asyncio.sleep(debounce_ms / 1000)
-                line_no = st.before.count("\n") + done.count("\n")
-                col = len(done.rsplit("\n", 1)[-1])
-                seen = len(statuses)
-                t0 = time.perf_counter()
-                result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
-                    text_document=types.TextDocumentIdentifier(uri=uri),
-                    position=types.Position(line=line_no, character=col),
-                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
-                elapsed = time.perf_counter() - t0
-                latencies.append(elapsed * 1e3)
-                status = statuses[-1] if len(statuses) > seen else None
-                if status is not None:
-                    hits += bool(status.cacheHit)
-                    reused += status.reusedTokens or 0
-                    ahead += bool(getattr(status, "typedAhead", False))
-                items = result.items if hasattr(result, "items") else (result or [])
-                suggestion = items[0].insert_text if items else ""
-                if isinstance(suggestion, types.StringValue):
-                    suggestion = suggestion.value
-                first = suggestion.split("\n", 1)[0]
-                rest_of_line = st.typed[len(done):].split("\n", 1)[0]
-                if first.strip():
-                    shown += 1
-                    accepted += rest_of_line.startswith(first)
-                log.append({"ms": round(elapsed * 1e3, 1), "first_in_document": k == 0,
-                            "typed_ahead": bool(status and status.typedAhead),
-                            "reused": status.reusedTokens if status else None, "line": done.rsplit("\n", 1)[-1],
-                            "suggestion": suggestion, "next": rest_of_line})
-                await asyncio.sleep(max(0.0, gap - debounce_ms / 1000 - elapsed))
-            client.text_document_did_close(types.DidCloseTextDocumentParams(
-                text_document=types.TextDocumentIdentifier(uri=uri)))
+            keys = await session.type_stretch(n, st)
             if progress:
                 progress(f"{st.path.name}: {len(keys)} keystrokes typed")
-        await client.shutdown_async(None)
-        client.exit(None)
+        await session.client.shutdown_async(None)
+        session.client.exit(None)
     finally:
-        await client.stop()
-    n = len(latencies)
-    warm = [x["ms"] for x in log if not x["first_in_document"]]
-    computed = [x["ms"] for x in log if not x["typed_ahead"]]
-    return {
-        "model": model,
-        "requests": n,
-        "latency_ms_p50": _percentile(latencies, 50),
-        "latency_ms_p95": _percentile(latencies, 95),
-        "latency_ms_mean": round(statistics.fmean(latencies), 1) if n else None,
-        "warm_latency_ms_p50": _percentile(warm, 50),
-        "warm_latency_ms_p95": _percentile(warm, 95),
-        "model_runs": len(computed),
-        "model_run_latency_ms_p50": _percentile(computed, 50),
-        "cache_hit_rate": round(hits / n, 3) if n else None,
-        "reused_tokens_mean": round(reused / n, 1) if n else None,
-        "typed_ahead_hits": ahead,
-        "suggestions": shown,
-        "accepted": accepted,
-        "acceptance": round(accepted / shown, 3) if shown else None,
-        "log": log,
-    }
+        await session.client.stop()
+    return session.tally.summary(model)
+
+
+@dataclass
+class _Tally:
+    """What the replay counted: one latency (ms) and one log row per request, and the totals."""
+
+    latencies: list[float] = field(default_factory=list)
+    log: list[dict] = field(default_factory=list)
+    hits: int = 0  # requests that reused cached keys/values or the previous suggestion
+    reused: int = 0  # prompt tokens reused, summed over requests
+    ahead: int = 0  # requests answered typed-ahead
+    shown: int = 0  # non-empty suggestions
+    accepted: int = 0  # shown suggestions whose first line starts what was typed next
+
+    def add(self, elapsed_s: float, status, suggestion: str, line: str, rest_of_line: str, first_in_document: bool) -> None:
+        """Count one request: its wall time (s), the status the server sent for it (or ``None``),
+        its suggestion, the line typed so far and the rest of the line the user typed next."""
+        self.latencies.append(elapsed_s * 1e3)
+        if status is not None:
+            self.hits += bool(status.cacheHit)
+            self.reused += status.reusedTokens or 0
+            self.ahead += bool(getattr(status, "typedAhead", False))
+        first = suggestion.split("\n", 1)[0]
+        if first.strip():
+            self.shown += 1
+            self.accepted += rest_of_line.startswith(first)
+        self.log.append({"ms": round(elapsed_s * 1e3, 1), "first_in_document": first_in_document,
+                         "typed_ahead": bool(status and status.typedAhead),
+                         "reused": status.reusedTokens if status else None, "line": line,
+                         "suggestion": suggestion, "next": rest_of_line})
+
+    def summary(self, model) -> dict:
+        """The figures :func:`replay` returns."""
+        latencies, log = self.latencies, self.log
+        n = len(latencies)
+        warm = [x["ms"] for x in log if not x["first_in_document"]]
+        computed = [x["ms"] for x in log if not x["typed_ahead"]]
+        return {
+            "model": model,
+            "requests": n,
+            "latency_ms_p50": _percentile(latencies, 50),
+            "latency_ms_p95": _percentile(latencies, 95),
+            "latency_ms_mean": round(statistics.fmean(latencies), 1) if n else None,
+            "warm_latency_ms_p50": _percentile(warm, 50),
+            "warm_latency_ms_p95": _percentile(warm, 95),
+            "model_runs": len(computed),
+            "model_run_latency_ms_p50": _percentile(computed, 50),
+            "cache_hit_rate": round(self.hits / n, 3) if n else None,
+            "reused_tokens_mean": round(self.reused / n, 1) if n else None,
+            "typed_ahead_hits": self.ahead,
+            "suggestions": self.shown,
+            "accepted": self.accepted,
+            "acceptance": round(self.accepted / self.shown, 3) if self.shown else None,
+            "log": log,
+        }
+
+
+class _Session:
+    """A bench client talking to one server: its status notifications, typing pace and tally.
+
+    Args:
+        client: a not yet started pygls ``LanguageClient``.
+        gap_s: one typing interval (s).
+        debounce_ms: the client's debounce before each request (ms).
+    """
+
+    def __init__(self, client: LanguageClient, gap_s: float, debounce_ms: float) -> None:
+        self.client, self.gap_s, self.debounce_ms = client, gap_s, debounce_ms
+        self.statuses: list = []
+        self.ready = asyncio.Event()
+        self.tally = _Tally()
+
+        @client.feature("pocketpilot/status")
+        def on_status(params) -> None:
+            self.statuses.append(params)
+            if params.state in ("ready", "no-model", "error"):
+                self.ready.set()
+
+    async def initialize(self, settings: dict):
+        """Initialize the server with ``settings`` and wait (up to 900 s) until it has loaded its model.
+
+        Returns the model the server reports. Raises PocketPilotError: it has none.
+        """
+        caps = types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities()))
+        await self.client.initialize_async(types.InitializeParams(capabilities=caps, initialization_options=settings))
+        self.client.initialized(types.InitializedParams())
+        await asyncio.wait_for(self.ready.wait(), 900)
+        if self.statuses[-1].state != "ready":
+            raise PocketPilotError(f"the server has no model: {self.statuses[-1].message}")
+        return self.statuses[-1].model
+
+    async def type_stretch(self, n: int, st: Stretch) -> list[str]:
+        """Open ``st``'s file without the stretch, type the stretch back (a request after each
+        keystroke but the last), close it; returns the keystrokes."""
+        uri = st.path.resolve().as_uri() + f"#bench{n}"
+        version = 1
+        text = st.before + "\n" + st.after if st.after else st.before
+        self.client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+            uri=uri, language_id="python", version=version, text=text)))
+        done = ""
+        keys = keystrokes(st.typed)
+        for k, key in enumerate(keys):
+            done += key
+            version += 1
+            self.client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[types.TextDocumentContentChangeWholeDocument(
+                    text=st.before + done + "\n" + st.after)]))
+            if done == st.typed:
+                break  # the stretch is typed; nothing to suggest inside it any more
+            await asyncio.sleep(self.debounce_ms / 1000)
+            elapsed = await self._request(uri, st, done, first_in_document=k == 0)
+            await asyncio.sleep(max(0.0, self.gap_s - self.debounce_ms / 1000 - elapsed))
+        self.client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=uri)))
+        return keys
+
+    async def _request(self, uri: str, st: Stretch, done: str, first_in_document: bool) -> float:
+        """Ask for an inline completion at the end of ``done`` and tally it; returns its wall time (s)."""
+        line_no = st.before.count("\n") + done.count("\n")
+        col = len(done.rsplit("\n", 1)[-1])
+        seen = len(self.statuses)
+        t0 = time.perf_counter()
+        result = await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=line_no, character=col),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+        elapsed = time.perf_counter() - t0
+        status = self.statuses[-1] if len(self.statuses) > seen else None
+        items = result.items if hasattr(result, "items") else (result or [])
+        suggestion = items[0].insert_text if items else ""
+        if isinstance(suggestion, types.StringValue):
+            suggestion = suggestion.value
+        self.tally.add(elapsed, status, suggestion, done.rsplit("\n", 1)[-1],
+                       st.typed[len(done):].split("\n", 1)[0], first_in_document)
+        return elapsed
 
 
 def _percentile(values: list[float], q: float) -> float | None:

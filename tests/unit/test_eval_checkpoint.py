@@ -102,7 +102,7 @@ def test_checkpointed_engine_reuses_completions_with_their_latency(tmp_path):
 def test_a_stopped_eval_continues_from_its_checkpoint(tmp_path, tiny_home, monkeypatch, synthetic_data):
     """The first run is stopped after 2 of 4 tasks; the rerun computes only the other 2 and gives
     the same predictions as an uninterrupted run; HumanEval generations are reused too."""
-    from pocketpilot.compression import get_active
+    from pocketpilot.store import get_active
     from pocketpilot.evaluation import humaneval
     from pocketpilot.evaluation.runner import run_eval
     from pocketpilot.runtime.engine import CompletionEngine
@@ -165,7 +165,7 @@ def test_report_says_what_came_from_the_checkpoint():
 
 
 def test_cost_results_are_reused_for_the_same_model_and_tasks(tmp_path, tiny_home, monkeypatch):
-    from pocketpilot.compression import get_active
+    from pocketpilot.store import get_active
     from pocketpilot.evaluation import cost
     from pocketpilot.evaluation.runner import run_eval
 

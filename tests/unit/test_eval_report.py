@@ -39,7 +39,7 @@ def test_ratios_to_the_first_model():
 
 def test_full_tiny_eval_writes_json_markdown_and_png(tmp_path, tiny_home, monkeypatch, capsys, synthetic_data):
     from pocketpilot.cli import main
-    from pocketpilot.compression import get_active
+    from pocketpilot.store import get_active
 
     monkeypatch.setenv("POCKETPILOT_HOME", str(tiny_home))
     teacher = json.loads((tiny_home / "artifacts" / get_active() / "manifest.json").read_text())["teacher"]["folder"]
