@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from pocketpilot.runtime.postprocess import block_end
 
@@ -76,6 +77,31 @@ class Generation:
             self.cancelled = True
             return False
         return True
+
+    def accept_drafts(self, drafts: list[int], rows: Any, next_id: int,
+                      pick: Callable[[Any, str], tuple[int, str]]) -> tuple[int, bool]:
+        """Greedy verification: take the leading drafts the model agrees with.
+
+        Args:
+            drafts: the drafted token ids, run through the model after the last token of
+                :attr:`fed` (tokens).
+            rows: logits [1 + len(drafts), vocab]; row ``i`` predicts the token after ``drafts[:i]``.
+            next_id: the model's choice from row 0.
+            pick: greedy choice from one row of logits (see :meth:`TokenHealer.pick`).
+
+        Returns:
+            ``(next token id, ended)``; ``ended`` is True when generation stopped on a draft.
+            Accepted drafts are appended to :attr:`fed` and counted in :attr:`accepted_drafts`.
+        """
+        for i, draft in enumerate(drafts):
+            if next_id != draft:
+                break
+            if not self.take(draft):
+                return next_id, True
+            self.fed.append(draft)
+            self.accepted_drafts += 1
+            next_id, _ = pick(rows[i + 1], "")
+        return next_id, False
 
 
 def lookup_draft(seq: list[int], k: int, ngram: tuple[int, ...] = (3, 2)) -> list[int]:

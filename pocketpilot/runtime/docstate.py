@@ -10,8 +10,9 @@ rest at once. Documents are dropped least recently used first beyond a byte budg
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from pocketpilot.runtime.kvcache import cache_bytes, crop_to
 
@@ -117,9 +118,9 @@ class DocStates:
             tokenizer: a Hugging Face fast tokenizer (offsets mapping needed).
         """
         state = self._docs.get(key)
-        if state is not None and state.window_start <= len(prefix):
-            if len(tokenizer.encode(prefix[state.window_start :], add_special_tokens=False)) <= budget:
-                return state.window_start
+        if (state is not None and state.window_start <= len(prefix)
+                and len(tokenizer.encode(prefix[state.window_start :], add_special_tokens=False)) <= budget):
+            return state.window_start
         base = max(0, len(prefix) - budget * 6)
         tail = prefix[base:]
         offsets = tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

@@ -10,9 +10,11 @@ drafts) and :meth:`CompletionEngine._post_process`. Token healing lives in
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -124,6 +126,7 @@ class CompletionEngine:
         self.healer = TokenHealer(self.tokenizer, special_ids, self.stop_ids, enabled=self.fim is None)
         self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, loaded.dtype)
         self.docs = DocStates(self.kv_bytes_per_token)
+        self._decode_text = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
         self._cache_kw = cache_keyword(self.model)  # "cache", or "past_key_values" before transformers renamed it
 
     @property
@@ -219,22 +222,23 @@ class CompletionEngine:
         if ahead is not None:
             return Completion(text=ahead, raw=ahead, prompt_tokens=0, new_tokens=0, prefill_ms=0.0, decode_ms=0.0,
                               typed_ahead=True)
-        prompt = self._prompt(prefix, suffix, cache_key, snippets)
+        prompt = self._prompt(prefix, suffix, cache_key, snippets)  # 1. prompt
         t0 = time.perf_counter()
-        logits, cache, reused, fed = self._prefill(prompt.ids, cache_key, should_stop)
+        logits, cache, reused, fed = self._prefill(prompt.ids, cache_key, should_stop)  # 2. reuse, 3. prefill
         t1 = time.perf_counter()
-        done = dict(prompt_tokens=len(prompt.ids), prefill_ms=(t1 - t0) * 1e3, reused_tokens=reused,
-                    block=opener is not None, context_tokens=prompt.context_tokens)
+        done = {"prompt_tokens": len(prompt.ids), "prefill_ms": (t1 - t0) * 1e3, "reused_tokens": reused,
+                "block": opener is not None, "context_tokens": prompt.context_tokens}
         if logits is None:  # cancelled during the prefill
             self._keep(cache_key, DocState(prompt.ids[:fed], cache, prompt.window_start, prefix, suffix, ""))
             return Completion(text="", raw="", new_tokens=0, decode_ms=0.0, cancelled=True, **done)
-        limit = max_new_tokens or (self.settings.block_max_tokens if opener is not None else self.settings.max_new_tokens)
+        s = self.settings
+        limit = max_new_tokens or (s.block_max_tokens if opener is not None else s.max_new_tokens)
         gen = Generation(fed=list(prompt.ids), decode=self._decode_text, stop_ids=self.stop_ids,
                          healed=prompt.healed, line_prefix=prefix.rsplit("\n", 1)[-1], opener=opener,
                          limit=limit, should_stop=should_stop)
-        cache = self._decode(gen, logits, cache)
+        cache = self._decode(gen, logits, cache)  # 4. decode
         t2 = time.perf_counter()
-        text = self._post_process(gen, prefix, suffix, language)
+        text = self._post_process(gen, prefix, suffix, language)  # 5. post-process
         self._keep(cache_key, DocState(gen.fed, cache, prompt.window_start, prefix, suffix,
                                        "" if gen.cancelled else text))
         return Completion(text=text, raw=gen.raw, new_tokens=len(gen.generated), decode_ms=(t2 - t1) * 1e3,
@@ -302,42 +306,17 @@ class CompletionEngine:
             rows = out.logits[0]
             next_id, heal_left = self.healer.pick(rows[0], heal_left)
             gen.drafted += len(drafts)
-            next_id, ended = self._accept_drafts(gen, drafts, rows, next_id)
+            next_id, ended = gen.accept_drafts(drafts, rows, next_id, self.healer.pick)
             crop_to(cache, len(gen.fed))  # drop the keys/values of rejected drafts
             if ended:
                 break
         return cache
-
-    def _accept_drafts(self, gen: Generation, drafts: list[int], rows: torch.Tensor, next_id: int) -> tuple[int, bool]:
-        """Greedy verification: keep the leading drafts the model agrees with.
-
-        Args:
-            gen: the generation; accepted drafts are taken and appended to ``gen.fed``.
-            drafts: the drafted token ids (tokens).
-            rows: logits [1 + len(drafts), vocab]; row ``i`` predicts the token after ``drafts[:i]``.
-            next_id: the model's choice from row 0.
-
-        Returns:
-            ``(next token id, ended)``; ``ended`` is True when ``gen`` stopped on a draft.
-        """
-        for i, draft in enumerate(drafts):
-            if next_id != draft:
-                break
-            if not gen.take(draft):
-                return next_id, True
-            gen.fed.append(draft)
-            gen.accepted_drafts += 1
-            next_id, _ = self.healer.pick(rows[i + 1], "")
-        return next_id, False
 
     def _post_process(self, gen: Generation, prefix: str, suffix: str, language: str | None) -> str:
         """Step 5: the text to insert, from the decoded text (see :func:`finalize`)."""
         tail = prefix[-4000:]
         return finalize(gen.raw, gen.line_prefix, suffix, still_open=open_brackets(tail, language),
                         opener_indent=gen.opener, uses_tabs=_uses_tabs(tail), truncated=gen.truncated)
-
-    def _decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _keep(self, cache_key: str | None, state: DocState) -> None:
         """Remember a document's state for its next request (nothing without a ``cache_key``)."""

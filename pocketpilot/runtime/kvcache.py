@@ -100,7 +100,7 @@ def crop_to(cache, tokens: int) -> None:
         cache.crop(-extra)  # a negative count removes that many tokens (transformers 4.x and 5.x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_takes_cache(model_class: type) -> bool:
     return "cache" in inspect.signature(model_class.forward).parameters
 
@@ -125,6 +125,6 @@ def returned_cache(out: Any) -> Any:
     return out.get("cache" if _output_has_cache(type(out)) else "past_key_values")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _output_has_cache(output_class: type) -> bool:
     return dataclasses.is_dataclass(output_class) and "cache" in {f.name for f in dataclasses.fields(output_class)}

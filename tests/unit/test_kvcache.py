@@ -50,8 +50,9 @@ def test_cache_keyword_and_returned_cache_avoid_the_deprecated_name(tiny_teacher
     from pocketpilot.runtime import load_model_folder
 
     model = load_model_folder(tiny_teacher).model
-    logged = []  # transformers logs its deprecations with Logger.warning_once (once per process, so not cached here)
-    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: logged.append(str(msg)), raising=False)
+    logged = []  # transformers logs deprecations with Logger.warning_once (once a process: patched, not cached)
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: logged.append(str(msg)),
+                        raising=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a FutureWarning for `past_key_values` would fail here
         cache = returned_cache(model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True))
