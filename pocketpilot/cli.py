@@ -12,7 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pocketpilot.compression.methods import METHODS
+from pocketpilot.corpus import held_out_files
 from pocketpilot.errors import PocketPilotError, PositionError
+from pocketpilot.store import home, list_artifacts
 from pocketpilot.teachers import (
     ACCEPTED_FORMS,
     DEFAULT_TEACHER,
@@ -194,7 +196,6 @@ def cmd_distill(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from pocketpilot.store import home, list_artifacts
 
     rows = list_artifacts()
     if args.json:
@@ -272,10 +273,6 @@ def cmd_serve(args) -> int:
 
 def _held_out(root: Path) -> list[Path]:
     """Files under ``root`` that distillation holds out for validation."""
-    from pocketpilot.corpus import (
-        held_out_files,  # lazy: only eval make-tasks --held-out needs it
-    )
-
     return held_out_files([root])
 
 
