@@ -189,7 +189,7 @@ def test_new_settings_parse_and_reach_the_engine():
 
 async def test_compress_command_without_teacher_or_method_chooses_for_this_machine(ls, monkeypatch):
     """The first run / the editor's "Compress Model for This Machine" sends no teacher or method."""
-    import pocketpilot.compression as compression
+    import pocketpilot.compression.api as compression
     import pocketpilot.compression.recipe as recipe
     from pocketpilot.lsp_server import server as srv
 
