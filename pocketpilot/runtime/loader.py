@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from pocketpilot.errors import ArtifactError, UnknownTeacherError
 from pocketpilot.store import MANIFEST, artifacts_dir, list_artifacts, rebuild_command, resolve_artifact, verify_artifact
 from pocketpilot.teachers import ACCEPTED_FORMS, fetch_teacher, parse_spec
+from pocketpilot.runtime.int4 import Int4Linear
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, align_int8_buffers, get_submodule_parent
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,13 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
     state = {}
     for name in quant["weight_files"]:
         state.update(load_file(folder / name))
-    state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith("weight_scale") else v) for k, v in state.items()}
+    state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(("weight_scale", "scales_zeros")) else v)
+             for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     align_int8_buffers(model)
+    for mod in model.modules():
+        if isinstance(mod, Int4Linear):
+            mod.prepare(drop_nibbles=True)  # packed for the kernel once; the on-disk copy is not kept
     tied = quant.get("tied") or {}
     float_head = quant.get("tied_float_head")  # a float head tied to a float embedding (int8-fhead)
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in tied and k != float_head]
@@ -146,7 +151,8 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
 def install_int8_modules(model, quant: dict, dtype: torch.dtype) -> None:
     """Replace the modules listed in a ``quantization.json`` sidecar with empty int8 modules.
 
-    ``quant["modules"]`` maps module paths to ``"linear"``, ``"head"`` or ``"embedding"``; tied heads
+    ``quant["modules"]`` maps module paths to ``"linear"``, ``"head"``, ``"embedding"`` or ``"int4"``
+    (group-wise 4-bit, ``quant["group_size"]``); tied heads
     (``quant["tied"]``: head path -> embedding path) are re-created after loading.
     """
     for path, kind in quant["modules"].items():
@@ -157,6 +163,9 @@ def install_int8_modules(model, quant: dict, dtype: torch.dtype) -> None:
                              rescore_topk=quant.get("head_rescore_topk", 0) if kind == "head" else 0)
         elif kind == "embedding":
             new = Int8Embedding(old.num_embeddings, old.embedding_dim, dtype=dtype, device="meta")
+        elif kind == "int4":
+            new = Int4Linear(old.in_features, old.out_features, quant["group_size"], bias=old.bias is not None,
+                             device="meta")
         else:
             raise ArtifactError(f"unknown quantized module kind {kind!r} for {path}")
         setattr(parent, name, new)

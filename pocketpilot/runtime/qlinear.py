@@ -189,13 +189,20 @@ class Int8Embedding(nn.Module):
         return head
 
 
-def choose_input_scale(weight: torch.Tensor, inputs: torch.Tensor, grid=(0.0, 0.25, 0.5, 0.75)) -> tuple[torch.Tensor | None, float]:
+def int8_fake_quant(w: torch.Tensor) -> torch.Tensor:
+    """``w`` ``[out, in]`` quantized per row to int8 and back (float32)."""
+    return dequantize_per_channel(*quantize_per_channel(w), torch.float32)
+
+
+def choose_input_scale(weight: torch.Tensor, inputs: torch.Tensor, grid=(0.0, 0.25, 0.5, 0.75),
+                       fake_quant=int8_fake_quant) -> tuple[torch.Tensor | None, float]:
     """Pick the activation-aware input scale ``s = mean|x|**alpha`` that minimises the output error.
 
     Args:
         weight: ``[out, in]`` float weight.
         inputs: calibration inputs ``[n, in]`` (float32).
         grid: exponents tried; ``alpha = 0`` means no scaling.
+        fake_quant: ``Q``: a weight quantized and dequantized (default per-row int8).
 
     Returns:
         ``(s, alpha)``: ``s`` float32 ``[in]`` (normalised so that ``max * min = 1``), or ``None``
@@ -208,11 +215,11 @@ def choose_input_scale(weight: torch.Tensor, inputs: torch.Tensor, grid=(0.0, 0.
     best: tuple[float, torch.Tensor | None, float] | None = None
     for alpha in grid:
         s = None
-        wq = dequantize_per_channel(*quantize_per_channel(w), torch.float32)
+        wq = fake_quant(w)
         if alpha:
             s = mag**alpha
             s = s / (s.max() * s.min()).sqrt()
-            wq = dequantize_per_channel(*quantize_per_channel(w * s), torch.float32) / s
+            wq = fake_quant(w * s) / s
         err = ((x @ wq.T - ref) ** 2).mean().item()
         if best is None or err < best[0]:
             best = (err, s, alpha)

@@ -79,7 +79,7 @@ def test_cache_reuse_force_and_list(pp_home, tiny_teacher):
 def test_unknown_teacher_and_method_write_nothing(pp_home, tiny_teacher):
     with pytest.raises(UnknownTeacherError, match="packaged alias"):
         compress("no-such-model", "int8")
-    with pytest.raises(UnknownMethodError, match="supported: int8, int8-fhead, bf16, none, bnb-int8, bnb-nf4"):
+    with pytest.raises(UnknownMethodError, match="supported: int8, int4, int8-fhead, bf16, none, bnb-int8, bnb-nf4"):
         compress(str(tiny_teacher), "int3")
     with pytest.raises(UnknownTeacherError, match="not found"):
         compress("./missing/model.gguf")
@@ -193,3 +193,30 @@ def test_bnb_artifact_roundtrip(pp_home, tiny_teacher, method, layer, device):
     assert a.shape == t.shape and torch.isfinite(a).all()
     # the tiny model (hidden size 64) is far more fragile than real ones, so only a loose agreement
     assert (a.argmax(-1) == t.argmax(-1)).float().mean() > 0.5
+
+
+def test_int4_artifact_roundtrip_packs_4_bits_and_matches_its_in_memory_model(pp_home, tiny_teacher):
+    from safetensors import safe_open
+
+    from pocketpilot.runtime.int4 import Int4Linear, dequantize_groupwise, pack_nibbles, quantize_groupwise, unpack_nibbles
+
+    torch.manual_seed(0)
+    w = torch.randn(32, 128)
+    codes, sz = quantize_groupwise(w, 64)
+    assert codes.max() <= 15 and torch.equal(unpack_nibbles(pack_nibbles(codes)), codes)
+    assert (dequantize_groupwise(codes, sz) - w).abs().max() <= sz[..., 0].float().max() * 0.51 + 1e-2  # half a step
+    res = compress(str(tiny_teacher), "int4", eval_tasks=0, activate=False)
+    assert res.manifest.method == "int4" and res.manifest.artifact_bytes < 0.25 * res.manifest.teacher.fp32_bytes
+    with safe_open(str(res.folder / "model.safetensors"), "pt") as f:
+        nibbles = [k for k in f.keys() if k.endswith("weight_nibbles")]
+        assert len(nibbles) == 7 * 2 and f.get_slice(nibbles[0]).get_dtype() == "U8"  # every decoder linear
+    loaded = load_artifact(str(res.folder))
+    assert sum(isinstance(m, Int4Linear) for m in loaded.model.modules()) == 14
+    teacher = load_model_folder(tiny_teacher)
+    ids = torch.tensor([teacher.tokenizer.encode("def add(a, b):\n    return a + b\n")])
+    with torch.no_grad():
+        a = loaded.model(ids).logits.float()
+        again = load_artifact(str(res.folder)).model(ids).logits.float()
+        t = teacher.model(ids).logits
+    assert torch.equal(a, again)
+    assert (a.argmax(-1) == t.argmax(-1)).float().mean() > 0.8

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -25,17 +26,29 @@ from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, choose_input_
 HEAD_RESCORE_TOPK = 8
 
 
+#: ``pre(model, inputs) -> (modules, alphas)``: replaces some linears before the rest become int8
+PreQuantize = Callable[[nn.Module, dict], tuple[dict, dict]]
+
+#: float tensors saved as they are (not cast to the compute dtype): per-row scales, int4 scales/zeros
+KEEP_DTYPE_SUFFIXES = ("weight_scale", "scales_zeros")
+
+
 def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, float_head: bool = False,
-                  matmul_dtype: str = "bfloat16") -> dict:
+                  matmul_dtype: str = "bfloat16", pre: PreQuantize | None = None, extra: dict | None = None) -> dict:
     """Quantize ``model`` with weight-only per-channel int8 (activation-aware scales from ``calibration``)
     and write ``model.safetensors``, ``config.json`` and the ``quantization.json`` sidecar into ``out``.
 
-    ``float_head`` keeps the token embedding and LM head in float32. Returns the recipe details.
+    ``float_head`` keeps the token embedding and LM head in float32. ``pre`` (the ``int4`` method)
+    first replaces the linears it takes, given the calibration inputs; every remaining ``nn.Linear``
+    and the embedding become int8. ``extra`` is added to the sidecar. Returns the recipe details.
     """
 
     compute = torch.float32
     inputs = collect_linear_inputs(model, calibration) if calibration else {}
-    modules, alphas = quantize_int8_modules(model, compute, inputs, skip_head=float_head)
+    modules, alphas = pre(model, inputs) if pre else ({}, {})
+    more, more_alphas = quantize_int8_modules(model, compute, inputs, skip_head=float_head)
+    modules.update(more)
+    alphas.update(more_alphas)
     tied = {}
     head = model.get_output_embeddings()
     emb = model.get_input_embeddings()
@@ -50,7 +63,7 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, 
     for key, tensor in model.state_dict().items():
         if key.rsplit(".", 1)[0] in tied or key == head_key:
             continue
-        if tensor.is_floating_point() and not key.endswith("weight_scale"):
+        if tensor.is_floating_point() and not key.endswith(KEEP_DTYPE_SUFFIXES):
             tensor = tensor.to(compute)
         state[key] = tensor.contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -60,7 +73,8 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, 
     if gen is not None:
         gen.save_pretrained(out)
     n_int8 = sum(t.numel() for k, t in state.items() if t.dtype == torch.int8)
-    n_float = sum(t.numel() for k, t in state.items() if t.dtype != torch.int8 and not k.endswith("weight_scale"))
+    n_float = sum(t.numel() for k, t in state.items()
+                  if t.is_floating_point() and not k.endswith(KEEP_DTYPE_SUFFIXES))
     sidecar = {
         "format": INT8_FORMAT,
         "compute_dtype": "float32",
@@ -70,6 +84,7 @@ def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, 
         "modules": modules,
         "tied": tied,
         **({"tied_float_head": head_key} if head_key else {}),
+        **(extra or {}),
     }
     (out / QUANT_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
     return {
