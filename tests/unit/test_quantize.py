@@ -34,6 +34,18 @@ def test_int8_linear_matches_float_linear(rows):
     assert torch.allclose(got, ref, atol=0.08, rtol=0.05), (got - ref).abs().max()
 
 
+def _reload_agreement(folder, loaded, tiny_teacher) -> float:
+    """Share of next-token argmaxes ``loaded`` shares with the teacher; a second load gives identical logits."""
+    teacher = load_model_folder(tiny_teacher)
+    ids = torch.tensor([teacher.tokenizer.encode("def add(a, b):\n    return a + b\n")])
+    with torch.no_grad():
+        a = loaded.model(ids).logits.float()
+        again = load_artifact(str(folder)).model(ids).logits.float()
+        t = teacher.model(ids).logits
+    assert torch.equal(a, again)
+    return float((a.argmax(-1) == t.argmax(-1)).float().mean())
+
+
 def test_int8_artifact_roundtrip_size_and_outputs(pp_home, tiny_teacher):
     res = compress(str(tiny_teacher), "int8", eval_tasks=0)
     m = res.manifest
@@ -45,14 +57,7 @@ def test_int8_artifact_roundtrip_size_and_outputs(pp_home, tiny_teacher):
     assert dtypes == {"I8"}
     # loads without the teacher: outputs equal the in-memory quantized model, close to the teacher
     loaded = load_artifact(res.artifact_id)
-    teacher = load_model_folder(tiny_teacher)
-    ids = torch.tensor([teacher.tokenizer.encode("def add(a, b):\n    return a + b\n")])
-    with torch.no_grad():
-        a = loaded.model(ids).logits.float()
-        again = load_artifact(str(res.folder)).model(ids).logits.float()
-        t = teacher.model(ids).logits
-    assert torch.equal(a, again)
-    assert (a.argmax(-1) == t.argmax(-1)).float().mean() > 0.9
+    assert _reload_agreement(res.folder, loaded, tiny_teacher) > 0.9
     assert CompletionEngine(loaded).complete("def add(a, b):\n    return", "\n").text == " a + b"
 
 
@@ -212,11 +217,4 @@ def test_int4_artifact_roundtrip_packs_4_bits_and_matches_its_in_memory_model(pp
         assert len(nibbles) == 7 * 2 and f.get_slice(nibbles[0]).get_dtype() == "U8"  # every decoder linear
     loaded = load_artifact(str(res.folder))
     assert sum(isinstance(m, Int4Linear) for m in loaded.model.modules()) == 14
-    teacher = load_model_folder(tiny_teacher)
-    ids = torch.tensor([teacher.tokenizer.encode("def add(a, b):\n    return a + b\n")])
-    with torch.no_grad():
-        a = loaded.model(ids).logits.float()
-        again = load_artifact(str(res.folder)).model(ids).logits.float()
-        t = teacher.model(ids).logits
-    assert torch.equal(a, again)
-    assert (a.argmax(-1) == t.argmax(-1)).float().mean() > 0.8
+    assert _reload_agreement(res.folder, loaded, tiny_teacher) > 0.8

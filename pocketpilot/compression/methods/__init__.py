@@ -104,6 +104,17 @@ class QuantMethod:
         return head_params * self.head_bytes_per_weight / (gbps * 1e9) * 1e3 if gbps else None
 
 
+def lazy_impl(module: str, function: str, **bound) -> Callable:
+    """``function`` of ``pocketpilot.compression.methods.<module>``, imported on first call (the
+    implementations import torch; the registry must not), with ``bound`` keyword arguments added."""
+    def call(*args, **kwargs):
+        impl = getattr(importlib.import_module(f"{__name__}.{module}"), function)  # lazy: torch
+        return impl(*args, **bound, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"{module}.{function}"
+    return call
+
+
 def _discover() -> dict[str, QuantMethod]:
     found = []
     for info in pkgutil.iter_modules(__path__):

@@ -50,7 +50,7 @@ def int4_linears(model: nn.Module, inputs: dict[str, torch.Tensor], group_size: 
     return modules, alphas
 
 
-def quantize_int4(model: nn.Module, out: Path, calibration: list | None, matmul_dtype: str) -> dict:
+def quantize_int4(model: nn.Module, out: Path, calibration: list | None = None, matmul_dtype: str = "bfloat16") -> dict:
     """Write ``model`` with int4 decoder layers and int8 embedding / head into ``out``; returns the recipe details."""
     details = quantize_int8(model, out, calibration, matmul_dtype=matmul_dtype, pre=int4_linears,
                             extra={"group_size": GROUP_SIZE})
