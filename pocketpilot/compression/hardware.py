@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from pocketpilot.compression.methods import METHODS, get_method
+from pocketpilot.compression.methods import CHOOSER_METHODS, get_method
 from pocketpilot.compression.shapes import TEACHERS, TeacherShape
 from pocketpilot.runtime.kvcache import cache_keyword, returned_cache
 from pocketpilot.store import home
@@ -129,10 +129,6 @@ def _best_ms(fn, repeats: int = 5) -> float:
     return best * 1e3
 
 
-def _chooser_methods() -> tuple[str, ...]:
-    return tuple(m.name for m in METHODS.values() if m.chooser and m.available())
-
-
 def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[str, ...] | None = None) -> SpeedProbe:
     """Measure, on this CPU, what each teacher's layers cost under each method (about 30 s).
 
@@ -155,7 +151,7 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
     from transformers import AutoModelForCausalLM
 
     t_start = time.perf_counter()
-    methods = methods or _chooser_methods()
+    methods = methods or tuple(m.name for m in CHOOSER_METHODS if m.available())
     torch.manual_seed(0)
     gflops = {}
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):

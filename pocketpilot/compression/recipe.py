@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pocketpilot.compression.api import compress
 from pocketpilot.compression.build import CompressResult
 from pocketpilot.compression.hardware import HardwareProfile, SpeedProbe, probe_hardware, probe_speed
-from pocketpilot.compression.methods import METHODS, QuantMethod
+from pocketpilot.compression.methods import CHOOSER_METHODS, METHODS, QuantMethod
 from pocketpilot.compression.search import load_search, materialize, pick_for_budget
 from pocketpilot.compression.shapes import (
     LINE_TOKENS,
@@ -44,8 +44,6 @@ from pocketpilot.store import Progress, no_progress, write_manifest
 #: default latency budget: one-line completion p50, ms
 DEFAULT_BUDGET_MS = 300.0
 
-#: the methods the chooser considers (see :attr:`QuantMethod.chooser`)
-CHOOSER_METHODS: tuple[QuantMethod, ...] = tuple(m for m in METHODS.values() if m.chooser)
 
 
 def predict(teacher: TeacherShape, method: QuantMethod, speed: SpeedProbe) -> dict:

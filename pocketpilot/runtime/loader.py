@@ -25,6 +25,10 @@ from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, align_int8_bu
 
 log = logging.getLogger(__name__)
 
+#: float tensors of a quantized artifact kept in their saved dtype, not cast to the compute dtype:
+#: per-row int8 scales and int4 scales/zeros (written by compression, read here)
+KEEP_DTYPE_SUFFIXES = ("weight_scale", "scales_zeros")
+
 #: Sidecar that marks an artifact with int8 weights and lists the quantized modules.
 QUANT_FILE = "quantization.json"
 INT8_FORMAT = "pocketpilot-int8-weight-only-per-channel/v1"
@@ -124,7 +128,7 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
     state = {}
     for name in quant["weight_files"]:
         state.update(load_file(folder / name))
-    state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(("weight_scale", "scales_zeros")) else v)
+    state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(KEEP_DTYPE_SUFFIXES) else v)
              for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     align_int8_buffers(model)

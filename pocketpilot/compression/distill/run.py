@@ -466,7 +466,7 @@ class DistillRun:
             except ArtifactError:
                 manifest = None
             result = CompressResult(artifact_id, final, False, manifest)
-        self.progress(f"artifact {artifact_id} ready (checkpoint kept in {self.run_dir})", 1.0)
+        self.progress(f"training checkpoint kept in {self.run_dir}", 1.0)  # build_artifact said "ready"
         return result
 
     def _write(self, model, tmp: Path, recipe: dict, qmethod: QuantMethod | None) -> Written:

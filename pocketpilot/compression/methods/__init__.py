@@ -131,6 +131,10 @@ def _discover() -> dict[str, QuantMethod]:
 METHODS: dict[str, QuantMethod] = _discover()
 
 
+#: the methods ``compress --for-this-machine`` considers (see :attr:`QuantMethod.chooser`)
+CHOOSER_METHODS: tuple[QuantMethod, ...] = tuple(m for m in METHODS.values() if m.chooser)
+
+
 def get_method(name: str, check: bool = True) -> QuantMethod:
     """Look up a method by name (and, with ``check``, that its optional packages are installed).
 

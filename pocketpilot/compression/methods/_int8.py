@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pocketpilot.runtime.loader import INT8_FORMAT, QUANT_FILE
+from pocketpilot.runtime.loader import INT8_FORMAT, KEEP_DTYPE_SUFFIXES, QUANT_FILE
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, choose_input_scale, get_submodule_parent
 
 
@@ -29,8 +29,6 @@ HEAD_RESCORE_TOPK = 8
 #: ``pre(model, inputs) -> (modules, alphas)``: replaces some linears before the rest become int8
 PreQuantize = Callable[[nn.Module, dict], tuple[dict, dict]]
 
-#: float tensors saved as they are (not cast to the compute dtype): per-row scales, int4 scales/zeros
-KEEP_DTYPE_SUFFIXES = ("weight_scale", "scales_zeros")
 
 
 def quantize_int8(model: nn.Module, out: Path, calibration: list | None = None, float_head: bool = False,
