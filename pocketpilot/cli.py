@@ -535,7 +535,7 @@ def _add_eval(sub) -> None:
                                                "natgen, nlaugmenter)")
     e.add_argument("--cost-completions", type=int, default=20, help="completions timed by the cost suite (default 20)")
     e.add_argument("--baseline", choices=["llama.cpp"],
-                   help="also run the first model's teacher GGUF through llama.cpp (pip install 'pocketpilot[bench]')")
+                   help="also run the first model's teacher GGUF through llama.cpp (pip install 'pocketpilot[llamacpp]')")
     e.add_argument("--checkpoint", metavar="FILE",
                    help="keep every model output in FILE (JSONL) as it is made; the same command with the same "
                         "FILE reuses them, so a stopped or split evaluation continues where it stopped")

@@ -7,16 +7,12 @@ minutes on 2 cores): it is the optional extra ``bench`` and never runs in CI.
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketpilot.errors import MissingDependencyError
 from pocketpilot.runtime.engine import FIM_STYLES
-
-PIP_HINT = "pip install 'pocketpilot[bench]' (llama-cpp-python; compiles llama.cpp, about 15 minutes on 2 cores)"
+from pocketpilot.runtime.llamacpp import default_threads, import_llama_cpp
 
 
 @dataclass
@@ -58,11 +54,8 @@ class LlamaCppEngine:
 
     def __init__(self, gguf: Path, prefix_tokens: int = 512, suffix_tokens: int = 128, max_new_tokens: int = 48,
                  threads: int | None = None):
-        try:
-            llama_cpp = importlib.import_module("llama_cpp")  # lazy: the optional `bench` extra
-        except ImportError:
-            raise MissingDependencyError(f"the llama.cpp baseline needs llama-cpp-python: {PIP_HINT}") from None
-        threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        llama_cpp = import_llama_cpp()  # lazy: the optional `llamacpp` extra
+        threads = threads or default_threads()
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=prefix_tokens + suffix_tokens + max_new_tokens + 16,
                                    n_threads=threads, verbose=False, logits_all=False)
         self.prefix_tokens, self.suffix_tokens, self.max_new_tokens = prefix_tokens, suffix_tokens, max_new_tokens

@@ -7,7 +7,6 @@ import time
 
 import torch
 
-from pocketpilot.runtime.kvcache import cache_keyword, returned_cache
 
 
 @torch.inference_mode()
@@ -15,7 +14,7 @@ def measure_speed(loaded, text: str, prompt_tokens: int = 512, new_tokens: int =
     """Time a prefill of ``prompt_tokens`` tokens and ``new_tokens`` greedy decode steps with the KV cache.
 
     Args:
-        loaded: a :class:`pocketpilot.runtime.LoadedModel`.
+        loaded: a :class:`pocketpilot.runtime.LoadedModel` (either engine: torch or llama.cpp).
         text: source text; its first ``prompt_tokens`` tokens are the prompt.
         prompt_tokens: prompt length (tokens).
         new_tokens: decode steps, not stopped at end of line or EOS (tokens).
@@ -30,17 +29,16 @@ def measure_speed(loaded, text: str, prompt_tokens: int = 512, new_tokens: int =
     ids = loaded.tokenizer.encode(text, add_special_tokens=False)[:prompt_tokens]
     if len(ids) < prompt_tokens:
         raise ValueError(f"text has {len(ids)} tokens, need {prompt_tokens}")
-    model = loaded.model
-    cache_kw = cache_keyword(model)  # "cache" where transformers renamed it; "past_key_values" warns there
+    backend = loaded.backend()  # torch or llama.cpp
     prefill, decode = [], []
     for run in range(repeats + 1):
         t0 = time.perf_counter()
-        out = model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        rows, cache = backend.forward(ids, backend.new_cache(), 1)
         t1 = time.perf_counter()
-        cache, nxt = returned_cache(out), out.logits[0, -1].argmax()
+        nxt = int(rows[-1].argmax())
         for _ in range(new_tokens):
-            out = model(input_ids=nxt.view(1, 1), use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-            cache, nxt = returned_cache(out), out.logits[0, -1].argmax()
+            rows, cache = backend.forward([nxt], cache, 1)
+            nxt = int(rows[-1].argmax())
         t2 = time.perf_counter()
         if run:  # the first run warms up
             prefill.append((t1 - t0) * 1e3)

@@ -21,7 +21,7 @@ import torch
 from pocketpilot.runtime.decoding import Generation, lookup_draft
 from pocketpilot.runtime.docstate import DocState, DocStates
 from pocketpilot.runtime.healing import TokenHealer
-from pocketpilot.runtime.kvcache import cache_keyword, crop_to, new_cache, returned_cache
+from pocketpilot.runtime.kvcache import crop_to
 from pocketpilot.runtime.loader import LoadedModel
 from pocketpilot.runtime.postprocess import block_opener, finalize, indentation, open_brackets
 from pocketpilot.runtime.settings import EngineSettings
@@ -115,7 +115,7 @@ class CompletionEngine:
     def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
-        self.device = next(self.model.parameters()).device  # cpu, or cuda for a GPU recipe
+        self.backend = loaded.backend()  # torch, or llama.cpp for a GGUF artifact
         self.tokenizer = loaded.tokenizer
         self.settings = settings or EngineSettings()
         vocab = self.tokenizer.get_vocab()
@@ -127,7 +127,6 @@ class CompletionEngine:
         self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, loaded.dtype)
         self.docs = DocStates(self.kv_bytes_per_token)
         self._decode_text = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
-        self._cache_kw = cache_keyword(self.model)  # "cache", or "past_key_values" before transformers renamed it
 
     @property
     def uses_fim(self) -> bool:
@@ -252,14 +251,10 @@ class CompletionEngine:
         ids, healed = self.healer.heal(self.build_prompt(prefix, suffix, window_start=start, context=context))
         return _Prompt(ids, healed, start or 0, len(context))
 
-    def _forward(self, ids: list[int], cache: Any, keep: int) -> Any:
-        """One forward pass of ``ids`` [tokens] after ``cache``; logits of the last ``keep`` positions.
-
-        The cache goes under the keyword the installed transformers expects (see
-        :func:`cache_keyword`), so no deprecation warning is printed.
-        """
-        return self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=keep,
-                          **{self._cache_kw: cache})
+    def _forward(self, ids: list[int], cache: Any, keep: int) -> tuple[torch.Tensor, Any]:
+        """One forward pass of ``ids`` [tokens] after ``cache`` through the backend (see
+        :meth:`pocketpilot.runtime.backends.Backend.forward`): logits ``[keep, vocab]`` and the cache."""
+        return self.backend.forward(ids, cache, keep)
 
     @torch.inference_mode()
     def _prefill(
@@ -279,13 +274,13 @@ class CompletionEngine:
         cache, reused = self.docs.take_reusable(cache_key, ids)
         pos = reused
         if cache is None:
-            cache = new_cache()
+            cache = self.backend.new_cache()
         while True:
             end = min(len(ids), pos + PREFILL_CHUNK)
-            out = self._forward(ids[pos:end], cache, keep=1)
-            cache, pos = returned_cache(out), end
+            rows, cache = self._forward(ids[pos:end], cache, keep=1)
+            pos = end
             if pos == len(ids):
-                return out.logits[0, -1], cache, reused, pos
+                return rows[-1], cache, reused, pos
             if should_stop is not None and should_stop():
                 return None, cache, reused, pos
 
@@ -300,10 +295,8 @@ class CompletionEngine:
         while gen.take(next_id):
             room = min(self.settings.draft_tokens, gen.room)
             drafts = [] if heal_left or room <= 0 else lookup_draft(gen.fed + [next_id], room)
-            out = self._forward([next_id, *drafts], cache, keep=len(drafts) + 1)
-            cache = returned_cache(out)
+            rows, cache = self._forward([next_id, *drafts], cache, keep=len(drafts) + 1)
             gen.fed.append(next_id)
-            rows = out.logits[0]
             next_id, heal_left = self.healer.pick(rows[0], heal_left)
             gen.drafted += len(drafts)
             next_id, ended = gen.accept_drafts(drafts, rows, next_id, self.healer.pick)

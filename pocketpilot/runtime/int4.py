@@ -7,9 +7,11 @@ whose CPU path is torch's ``aten._weight_int4pack_mm_for_cpu``. On disk the code
 nibbles (two per byte, the even column in the low nibble) with bf16 scales and zeros, so an
 artifact does not depend on the kernel's packing; they are packed for the kernel once, at load.
 Activations enter the kernel in bf16 (its float32 path is an unvectorized fallback: 72-129 ms
-against 1.7-2.3 ms for one row of a 1536 x 8960 layer on a Zen 4 core, torch 2.13), in chunks of
-:data:`SMALL_M` rows (the kernel slows down past that: 128 rows at once took 128 ms, 8 x 16 rows
-89 ms). Whether this beats int8 or float32 on a given CPU is for the speed probe to measure.
+against 1.7-2.3 ms for one row of a 1536 x 8960 layer on a Zen 4 core, torch 2.13). A prefill
+chunk goes through the kernel whole or in pieces of :data:`SMALL_M` rows, whichever
+:func:`pocketpilot.runtime.kernels.choose` measured faster for the shape (on a Zen 4 core 128 rows
+at once took 128 ms and 8 x 16 rows 89 ms; on a Zen 3 core both took about 46 ms). Whether int4
+beats int8 or float32 on a given CPU is for the speed probe to measure.
 
 Needs: ``K`` divisible by ``G`` and ``N`` divisible by 16 (the kernel's tile); see :func:`supports`.
 """
@@ -19,8 +21,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: rows per kernel call (prefill is cut into chunks of this many rows)
+from pocketpilot.runtime import kernels
+
+#: rows per kernel call on the ``"int4-kernel-16"`` prefill path (decode inputs have fewer)
 SMALL_M = 16
+#: prefill paths timed per weight shape by :func:`kernels.choose`: all rows in one call, or 16 at a time
+PREFILL_PATHS = ("int4-kernel", "int4-kernel-16")
 #: activation dtype of the kernel (see the module docstring)
 KERNEL_DTYPE = torch.bfloat16
 #: the kernel's packing parameter (4 measured fastest of 1, 2, 4, 8 for one row)
@@ -137,12 +143,30 @@ class Int4Linear(nn.Module):
         if self.input_scale is not None:
             x2 = x2 / self.input_scale
         xb = x2.to(KERNEL_DTYPE).contiguous()
-        y = torch.cat([torch.ops.aten._weight_int4pack_mm_for_cpu(xb[i:i + SMALL_M], self._packed, self.group_size,
-                                                                   self._sz)
-                       for i in range(0, xb.shape[0], SMALL_M)]).float()
+        step = SMALL_M if xb.shape[0] <= SMALL_M or self.prefill_path() == "int4-kernel-16" else xb.shape[0]
+        y = self._kernel(xb, step).float()
         if self.bias is not None:
             y = y + self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+    def _kernel(self, xb: torch.Tensor, step: int) -> torch.Tensor:
+        """bf16 ``xb`` ``[M, in]`` through the int4 kernel, ``step`` rows a call -> bf16 ``[M, out]``."""
+        mm = torch.ops.aten._weight_int4pack_mm_for_cpu
+        if xb.shape[0] <= step:
+            return mm(xb, self._packed, self.group_size, self._sz)
+        return torch.cat([mm(xb[i:i + step], self._packed, self.group_size, self._sz)
+                          for i in range(0, xb.shape[0], step)])
+
+    def prefill_path(self) -> str:
+        """One of :data:`PREFILL_PATHS`, measured once per shape and thread count (see :mod:`kernels`)."""
+        path = getattr(self, "_prefill", None)
+        if path is None or path[1] != torch.get_num_threads():
+            xb = torch.randn(kernels.PROBE_ROWS, self.in_features).to(KERNEL_DTYPE)
+            steps = {"int4-kernel": kernels.PROBE_ROWS, "int4-kernel-16": SMALL_M}
+            name = kernels.choose(f"int4-g{self.group_size}", (self.out_features, self.in_features),
+                                  {p: (lambda s=steps[p]: self._kernel(xb, s)) for p in PREFILL_PATHS})
+            path = self._prefill = (name, torch.get_num_threads())
+        return path[0]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group={self.group_size}, awq={self.input_scale is not None}"

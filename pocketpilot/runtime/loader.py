@@ -20,7 +20,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from pocketpilot.errors import ArtifactError, UnknownTeacherError
 from pocketpilot.store import MANIFEST, artifacts_dir, list_artifacts, rebuild_command, resolve_artifact, verify_artifact
 from pocketpilot.teachers import ACCEPTED_FORMS, fetch_teacher, parse_spec
+from pocketpilot.runtime.backends import Backend, TorchBackend
 from pocketpilot.runtime.int4 import Int4Linear
+from pocketpilot.runtime.llamacpp import GGUF_FILE, load_gguf_folder
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, align_int8_buffers, get_submodule_parent
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class LoadedModel:
         dtype: activation dtype used for inference.
         folder: where it was loaded from.
         quantization: the parsed ``quantization.json`` sidecar, or ``None`` for float weights.
+        engine: ``"torch"``, or ``"llama.cpp"`` for a GGUF artifact (``model`` is then a
+            :class:`pocketpilot.runtime.llamacpp.LlamaCppModel`, with a ``config`` but no torch modules).
     """
 
     model: Any
@@ -61,6 +65,17 @@ class LoadedModel:
     dtype: torch.dtype
     folder: Path
     quantization: dict | None = field(default=None)
+    engine: str = "torch"
+
+    def backend(self) -> Backend:
+        """The :class:`pocketpilot.runtime.backends.Backend` that runs this model."""
+        return self.model if self.engine == "llama.cpp" else TorchBackend(self.model)
+
+    def require_torch(self, what: str) -> None:
+        """Raise :class:`ArtifactError` when ``what`` (e.g. ``"HumanEval"``) needs the torch engine and this is not it."""
+        if self.engine != "torch":
+            raise ArtifactError(f"{what} runs on torch artifacts only; {self.folder.name} is served by {self.engine} "
+                                f"(compress the teacher with --method int8 for it)")
 
 
 def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
@@ -83,6 +98,8 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"no model in {folder} (config.json missing)")
+    if (folder / GGUF_FILE).is_file():
+        return _load_gguf(folder, device)
     quant = None
     if (folder / QUANT_FILE).is_file():
         quant = json.loads((folder / QUANT_FILE).read_text())
@@ -112,6 +129,19 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
         raise ArtifactError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from exc
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, dtype=dtype, folder=folder, quantization=quant)
+
+
+def _load_gguf(folder: Path, device: str) -> LoadedModel:
+    """A llama.cpp artifact: ``model.gguf`` run by llama.cpp, the folder's tokenizer and config."""
+    if device != "cpu":
+        raise ArtifactError(f"{folder} is a llama.cpp artifact; it runs on the CPU (device 'cpu')")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"cannot load the tokenizer or config of {folder}: {str(exc).splitlines()[0]}") from exc
+    model = load_gguf_folder(folder, tokenizer, config)
+    return LoadedModel(model=model, tokenizer=tokenizer, dtype=torch.float16, folder=folder, engine="llama.cpp")
 
 
 def _config_dtype(config) -> torch.dtype:

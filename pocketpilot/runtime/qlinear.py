@@ -6,12 +6,14 @@ post-training, weight-only, per-channel recipe that the quantization study of
 Wei et al., FSE'23 found to keep accuracy; activations stay in floating point,
 which is what keeps edit similarity where dynamic int8 activations lose it).
 
-Matmuls run in bfloat16 while the activations around them (residual stream, norms,
-attention, logits) stay in the model's dtype, normally float32: a bf16 residual stream
-flips greedy choices. The matmul picks a kernel by the number of rows ``M`` in the input:
-decode (``M <= SMALL_M``) uses ``torch._weight_int8pack_mm``, which reads the int8 weights
-directly (about 12x faster than a dense bf16 matmul for one token here); prefill
-dequantizes the weight to bf16 and runs a dense matmul, which is faster for many rows.
+The activations around the matmuls (residual stream, norms, attention, logits) stay in the
+model's dtype, normally float32: a bf16 residual stream flips greedy choices. The matmul picks a
+kernel by the number of rows ``M`` in the input: decode (``M <= SMALL_M``) uses
+``torch._weight_int8pack_mm`` on bf16 activations, which reads the int8 weights directly (about
+12x faster than a dense bf16 matmul for one token); prefill takes whichever of
+:data:`PREFILL_PATHS` :func:`pocketpilot.runtime.kernels.choose` measured fastest for the
+weight's shape on this machine (the int8 kernel on all rows, float32, or bf16 dequantization:
+on an AVX2-only CPU bf16 GEMM is several times slower than float32, on an AVX-512 BF16 CPU it wins).
 
 An LM head (``rescore_topk > 0``) recomputes its top-k logits exactly in float32 from the
 int8 weights, so bf16 rounding of the logits cannot change the greedy choice.
@@ -29,10 +31,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pocketpilot.runtime import kernels
+
 #: Largest number of input rows served by the int8 kernel; larger inputs dequantize.
 SMALL_M = 16
-#: dtype of the matmuls (the int8 kernel on CPU is fast for bf16 only).
+#: activation dtype of the int8 kernel (its float32 path is several times slower on CPU).
 MATMUL_DTYPE = torch.bfloat16
+#: prefill paths for ``M > SMALL_M`` rows, timed per weight shape by :func:`kernels.choose`
+PREFILL_PATHS = ("int8-kernel", "float32", "bfloat16")
+#: the float32 path dequantizes into a scratch buffer; larger weights (a vocabulary-sized head) skip it
+FLOAT32_SCRATCH_MAX_BYTES = 256 * 2**20
 #: ``torch._weight_int8pack_mm`` reads weights with aligned vector loads for more than one input
 #: row and crashes (SIGSEGV, torch 2.13 CPU) on weights that are not 64-byte aligned, as tensors
 #: loaded from safetensors can be; such weights take the dequantizing path (and the loader realigns).
@@ -132,17 +140,45 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]) / self.input_scale.to(x.dtype)
-        xm = x2.to(MATMUL_DTYPE).contiguous()
-        if xm.shape[0] <= SMALL_M and xm.device.type == "cpu" and is_aligned(self.weight_int8):
-            y = torch._weight_int8pack_mm(xm, self.weight_int8, self._scale(MATMUL_DTYPE))
+        on_cpu = x2.device.type == "cpu"
+        if x2.shape[0] <= SMALL_M and on_cpu and is_aligned(self.weight_int8):
+            y = self._matmul("int8-kernel", x2)
         else:
-            y = F.linear(xm, dequantize_per_channel(self.weight_int8, self.weight_scale, MATMUL_DTYPE))
+            y = self._matmul(self.prefill_path() if on_cpu else "bfloat16", x2)
         y = y.to(x2.dtype)
         if self.rescore_topk and x2.dtype == torch.float32 and x2.shape[0] <= SMALL_M:
             y = self._rescore(x2, y)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def _matmul(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[M, in]`` times the dequantized weight, through one of :data:`PREFILL_PATHS` -> ``[M, out]``."""
+        if path == "int8-kernel":
+            return torch._weight_int8pack_mm(x.to(MATMUL_DTYPE).contiguous(), self.weight_int8, self._scale(MATMUL_DTYPE))
+        if path == "float32":
+            w = kernels.scratch(self.weight_int8.numel()).view(self.weight_int8.shape)
+            w.copy_(self.weight_int8)  # int8 -> float32 into a reused buffer; the scale goes on the output
+            return F.linear(x.float(), w) * self._scale(torch.float32)
+        xm = x.to(MATMUL_DTYPE)
+        return F.linear(xm, dequantize_per_channel(self.weight_int8, self.weight_scale, MATMUL_DTYPE))
+
+    def prefill_paths(self) -> tuple[str, ...]:
+        """The :data:`PREFILL_PATHS` this weight can take on CPU (the int8 kernel needs aligned weights)."""
+        paths = [p for p in PREFILL_PATHS if p != "int8-kernel" or is_aligned(self.weight_int8)]
+        if self.weight_int8.numel() * 4 > FLOAT32_SCRATCH_MAX_BYTES:
+            paths.remove("float32")
+        return tuple(paths)
+
+    def prefill_path(self) -> str:
+        """The prefill path for this weight, measured once per shape and thread count (see :mod:`kernels`)."""
+        path = getattr(self, "_prefill", None)
+        if path is None or path[1] != torch.get_num_threads():
+            x = torch.randn(kernels.PROBE_ROWS, self.in_features)
+            name = kernels.choose("int8", tuple(self.weight_int8.shape),
+                                  {p: (lambda p=p: self._matmul(p, x)) for p in self.prefill_paths()})
+            path = self._prefill = (name, torch.get_num_threads())
+        return path[0]
 
     def _rescore(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Replace the top-k entries of ``y`` ``[M, out]`` with exact float32 ``x @ W[idx].T``."""

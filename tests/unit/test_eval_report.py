@@ -132,7 +132,7 @@ def test_llama_cpp_missing_is_a_clear_error(monkeypatch, tmp_path):
     from pocketpilot.evaluation.llamacpp import LlamaCppEngine
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails
-    with pytest.raises(MissingDependencyError, match=r"pip install 'pocketpilot\[bench\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'pocketpilot\[llamacpp\]'"):
         LlamaCppEngine(tmp_path / "m.gguf")
 
 

@@ -1,0 +1,41 @@
+"""Shared by the ``gguf-*`` methods: a GGUF file for the llama.cpp engine, made by llama.cpp's own quantizer.
+
+The packaged teachers ship as GGUF (SmolLM2-135M as Q4_1, Qwen2.5-Coder-1.5B as Q4_K_M) and the
+float32 teacher PocketPilot measures against is that file dequantized, so a GGUF artifact starts
+from the teacher's own file: copied when it already has the method's file type, else re-quantized
+by ``llama_model_quantize`` (quantized tensors are dequantized first, which is the float32 teacher).
+The artifact folder gets ``model.gguf`` and the teacher's ``config.json``; the build adds the tokenizer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pocketpilot.errors import ArtifactError
+from pocketpilot.runtime.llamacpp import GGUF_FILE, gguf_file_type, quantize_gguf
+
+
+def write_gguf(source: Path, teacher_folder: Path, out: Path, ftype: int, type_name: str) -> dict:
+    """Write ``out/model.gguf`` of llama.cpp file type ``ftype`` from the teacher GGUF ``source``, and
+    copy the teacher's ``config.json``; return the recipe details (source and file types).
+
+    Raises:
+        MissingDependencyError: llama-cpp-python is missing (only when re-quantizing).
+        ArtifactError: the teacher folder has no ``config.json``, or llama.cpp's quantizer failed.
+    """
+    if not (teacher_folder / "config.json").is_file():
+        raise ArtifactError(f"{teacher_folder} has no config.json")
+    shutil.copyfile(teacher_folder / "config.json", out / "config.json")
+    src_type = gguf_file_type(source)
+    if src_type == ftype:
+        shutil.copyfile(source, out / GGUF_FILE)
+    else:
+        quantize_gguf(source, out / GGUF_FILE, ftype)
+    return {"engine": "llama.cpp", "gguf_type": type_name, "source_gguf": source.name, "source_file_type": src_type,
+            "requantized": src_type != ftype}
+
+
+def no_torch_model(*_args):
+    """A GGUF artifact has no torch modules: the torch speed probe skips it (returns ``None``)."""
+    return None

@@ -1,0 +1,21 @@
+"""``gguf-q4_k_m``: the teacher as a Q4_K_M GGUF, run by llama.cpp (Qwen2.5-Coder-1.5B ships in it: a copy).
+
+Q4_K_M keeps most weights in Q4_K (super-blocks of 256, 4.5 bits a weight) and some (attention
+values, half the feed-forward down projections, the LM head) in Q6_K (6.56 bits a weight).
+"""
+
+from __future__ import annotations
+
+from pocketpilot.compression.methods import QuantMethod, lazy_impl
+
+#: llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_K_M
+FTYPE = 15
+
+METHOD = QuantMethod(
+    name="gguf-q4_k_m", description="Q4_K_M GGUF run by llama.cpp (needs llama-cpp-python)",
+    body_bytes_per_weight=0.61, head_bytes_per_weight=0.82, compute_dtype="float32", quality_tier=1,
+    apply=lazy_impl("_gguf", "no_torch_model"), in_memory=lazy_impl("_gguf", "no_torch_model"),
+    probe_linear=lazy_impl("_gguf", "no_torch_model"),
+    from_gguf=lazy_impl("_gguf", "write_gguf", ftype=FTYPE, type_name="Q4_K_M"),
+    engine="llama.cpp", requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=32,
+)
