@@ -372,6 +372,8 @@ def _server_settings(pairs: list[str]) -> dict:
 
 
 def cmd_bench(args) -> int:
+    if args.which == "engines":
+        return _bench_engines(args)
     from pocketpilot.evaluation.typing_replay import (
         run_typing_bench,  # lazy: starts the server (torch)
     )
@@ -550,9 +552,38 @@ def _add_eval(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _bench_engines(args) -> int:
+    from pocketpilot.evaluation.sidebyside import side_by_side  # lazy: torch
+
+    if not args.models:
+        raise PocketPilotError("bench engines needs --models MODEL [MODEL ...] (artifact ids, folders or teachers)")
+    res = side_by_side(args.models, args.baseline_teacher, positions=args.positions, rounds=args.rounds,
+                       log=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"engines side by side: {res['threads']} threads, read bandwidth {res['read_gbps']} GB/s, "
+          f"{res['prompt_tokens']}-token prefill, {res['positions']} cold one-line positions, {res['rounds']} rounds")
+    vs = " (x llama.cpp)" if res["baseline"] else ""
+    print(f"{'model':44} {'engine':9} {'MB':>7} {'prefill ms' + vs:>24} {'decode ms/tok' + vs:>26} "
+          f"{'floor':>6} {'cold p50 ms' + vs:>24}")
+    for label, r in res["rows"].items():
+        def cell(key):
+            ratio = r.get(f"{key}_vs_llama_cpp")
+            return f"{r[key]}" + (f" ({ratio}x)" if ratio is not None else "")
+        print(f"{label:44} {r['engine']:9} {r['weight_bytes'] / 1e6:7.1f} {cell('prefill_ms'):>24} "
+              f"{cell('decode_ms_per_token'):>26} {r['floor_ms_per_token']:>6} {cell('cold_p50_ms'):>24}")
+    return 0
+
+
 def _add_bench(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks that print figures: bench typing")
-    b.add_argument("which", choices=["typing"], help="typing: replay typing against the real server (stdio)")
+    b = sub.add_parser("bench", help="benchmarks that print figures: bench typing, bench engines")
+    b.add_argument("which", choices=["typing", "engines"],
+                   help="typing: replay typing against the real server (stdio); engines: models and llama.cpp side by side")
+    b.add_argument("--models", nargs="+", metavar="MODEL", help="engines: artifacts or teachers to time")
+    b.add_argument("--baseline-teacher", metavar="TEACHER",
+                   help="engines: also time llama.cpp on this teacher's shipped GGUF (needs llama-cpp-python)")
+    b.add_argument("--positions", type=int, default=10, help="engines: cold one-line positions (default 10)")
+    b.add_argument("--rounds", type=int, default=3, help="engines: timed rounds, alternating models (default 3)")
     b.add_argument("--source-dir", help="folder of .py files to type from (default: the Python standard library)")
     b.add_argument("--files", type=int, default=3, help="stretches to type, one per file (default 3)")
     b.add_argument("--lines", type=int, default=3, help="lines per stretch (default 3)")

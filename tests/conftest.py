@@ -1,8 +1,12 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# every test writes caches (artifacts, measured kernel choices) under a throw-away home unless it sets its own
+os.environ.setdefault("POCKETPILOT_HOME", tempfile.mkdtemp(prefix="pocketpilot-test-home-"))
 
 sys.path.insert(0, str(Path(__file__).parent))
 

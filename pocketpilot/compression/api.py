@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pocketpilot.compression.build import CompressResult, Written, build_artifact
 from pocketpilot.compression.calibration import calibration_batches
 from pocketpilot.compression.methods import QuantMethod, get_method
+from pocketpilot.compression.methods._gguf import write_gguf
 from pocketpilot.store import MANIFEST, Progress, no_progress, read_json_or_none
 from pocketpilot.teachers import Teacher, fetch_teacher, parse_spec, teacher_gguf
 
@@ -59,7 +60,7 @@ def compress(
 def _quantize_teacher(teacher_obj: Teacher, qmethod: QuantMethod, tmp: Path, progress: Progress) -> Written:
     """Load the float32 teacher, calibrate, and write it into ``tmp`` compressed with ``qmethod``
     (a llama.cpp method writes its GGUF from the teacher's GGUF file instead)."""
-    if qmethod.from_gguf is not None:
+    if qmethod.gguf_type is not None:
         return _gguf_teacher(teacher_obj, qmethod, tmp, progress)
     progress(f"loading teacher {teacher_obj.spec.spec}", 0.1)
     model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True)
@@ -80,7 +81,7 @@ def _gguf_teacher(teacher_obj: Teacher, qmethod: QuantMethod, tmp: Path, progres
     """Write the GGUF of a llama.cpp method from the teacher's own GGUF (see :mod:`.methods._gguf`)."""
     source = teacher_gguf(teacher_obj.spec.spec, progress)
     progress(f"writing {qmethod.name} from {source.name} with llama.cpp's quantizer", 0.3)
-    details = qmethod.from_gguf(source, teacher_obj.folder, tmp)
+    details = write_gguf(source, teacher_obj.folder, tmp, qmethod.gguf_type)
     n_params = 0
     for f in sorted(teacher_obj.folder.glob("*.safetensors")):
         with safe_open(f, "pt") as st:

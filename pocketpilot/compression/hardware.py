@@ -13,13 +13,15 @@ import importlib.util
 import os
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 from pocketpilot.compression.methods import CHOOSER_METHODS, get_method
-from pocketpilot.compression.shapes import TEACHERS, TeacherShape
+from pocketpilot.compression.shapes import MINI_VOCAB, TEACHERS, TeacherShape
 from pocketpilot.runtime.kvcache import cache_keyword, returned_cache
 from pocketpilot.store import home
 
@@ -170,7 +172,14 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
     for t in teachers:
         ref = AutoModelForCausalLM.from_config(t.mini_config(3)).eval()
         for m in methods:
-            model = get_method(m, check=False).in_memory(copy.deepcopy(ref))
+            method = get_method(m, check=False)
+            if method.engine == "llama.cpp":
+                timed = _llamacpp_layer(ref, t, method)
+                if timed is not None:
+                    layers[f"{t.alias}/{m}"], rest, gbps[m] = timed
+                    base.append(rest)
+                continue
+            model = method.in_memory(copy.deepcopy(ref))
             if model is None:
                 continue
             times = {}
@@ -187,11 +196,64 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
                       round(time.perf_counter() - t_start, 1))
 
 
+def _llamacpp_layer(ref, teacher: TeacherShape, method) -> tuple[dict[str, float], float, float] | None:
+    """One decoder layer of ``teacher``'s shape in llama.cpp with ``method``'s GGUF type.
+
+    The random mini model ``ref`` (3 layers) and its 1-layer cut are written as GGUF, quantized
+    by llama.cpp's quantizer and timed as :func:`_time_forward` times torch models.
+
+    Returns:
+        ``(layer {"decode_ms", "prefill_ms"}, rest of a decode step ms, weight GB/s of a decode
+        step's layer matmuls)``, or ``None`` when llama-cpp-python is missing.
+    """
+    from pocketpilot.compression.gguf_export import export_gguf  # lazy: gguf writer
+    from pocketpilot.compression.methods._gguf import file_type
+    from pocketpilot.errors import MissingDependencyError
+    from pocketpilot.runtime.llamacpp import LlamaContext, quantize_gguf
+
+    times = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in (3, 1):
+                model = copy.deepcopy(ref)
+                model.model.layers = model.model.layers[:n]
+                model.config.num_hidden_layers = n
+                f32, q = Path(tmp) / f"{n}.f32.gguf", Path(tmp) / f"{n}.gguf"
+                export_gguf(model, f32)
+                quantize_gguf(f32, q, file_type(method.gguf_type))
+                times[n] = _time_llama_context(LlamaContext(q, n_ctx=1024), MINI_VOCAB)
+    except MissingDependencyError:
+        return None
+    layer = {k: round(max(0.0, (times[3][k] - times[1][k]) / 2), 3) for k in ("decode_ms", "prefill_ms")}
+    rest = max(0.0, times[1]["decode_ms"] - layer["decode_ms"])
+    layer_bytes = teacher.body_params / teacher.layers * method.body_bytes_per_weight
+    gbps = round(layer_bytes / (layer["decode_ms"] * 1e-3) / 1e9, 2) if layer["decode_ms"] else 0.0
+    return layer, rest, gbps
+
+
+def _time_llama_context(ctx, vocab: int) -> dict[str, float]:
+    """``{"decode_ms", "prefill_ms"}`` of a llama.cpp context, as :func:`_time_forward` measures torch."""
+    import torch  # lazy: torch
+
+    ids = torch.randint(0, vocab, (512,)).tolist()
+    ctx.decode(ids, 0, 1)
+
+    def step():
+        ctx.decode(ids[:1], 512, 1)
+        ctx.remove_from(512)
+
+    def prefill():
+        ctx.remove_from(0)
+        ctx.decode(ids[:128], 0, 1)
+
+    return {"decode_ms": _best_ms(step, repeats=8), "prefill_ms": _best_ms(prefill, repeats=2)}
+
+
 def _time_forward(model) -> dict[str, float]:
     """``{"decode_ms", "prefill_ms"}``: one decode step after 512 cached tokens; a 128-token prefill (ms)."""
     import torch  # lazy: torch
 
-    ids = torch.randint(0, 256, (1, 512))
+    ids = torch.randint(0, MINI_VOCAB, (1, 512))
     cache_kw = cache_keyword(model)  # "cache" where transformers renamed it; "past_key_values" warns there
     with torch.inference_mode():
         cache = returned_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))

@@ -17,6 +17,10 @@ RAM_SHARE = 0.8
 SERVE_OVERHEAD_BYTES = 400_000_000
 
 
+#: vocabulary of the speed probe's mini models (the LM head is timed on its own)
+MINI_VOCAB = 256
+
+
 @dataclass(frozen=True)
 class TeacherShape:
     """What the chooser needs to know of a teacher without downloading it.
@@ -53,10 +57,10 @@ class TeacherShape:
         return self.layers * self.layer_params + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
 
     def mini_config(self, layers: int):
-        """A ``transformers`` config of this shape with ``layers`` layers and a 256-token vocabulary."""
+        """A ``transformers`` config of this shape with ``layers`` layers and a :data:`MINI_VOCAB`-token vocabulary."""
         from transformers import AutoConfig  # lazy: transformers (the chooser's tables are read torch-free)
 
-        return AutoConfig.for_model(self.arch, vocab_size=256, hidden_size=self.hidden, intermediate_size=self.ffn,
+        return AutoConfig.for_model(self.arch, vocab_size=MINI_VOCAB, hidden_size=self.hidden, intermediate_size=self.ffn,
                                     num_hidden_layers=layers, num_attention_heads=self.heads,
                                     num_key_value_heads=self.kv_heads, head_dim=self.head_dim,
                                     max_position_embeddings=2048, tie_word_embeddings=True)

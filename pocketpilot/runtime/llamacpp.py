@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,8 @@ def import_llama_cpp() -> Any:
 
 
 def default_threads() -> int:
-    """CPU threads for llama.cpp: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPU threads for llama.cpp: as many as torch uses in this process, so both engines compare alike."""
+    return torch.get_num_threads()
 
 
 class LlamaContext:

@@ -21,6 +21,7 @@ from pocketpilot.errors import ArtifactError, UnknownTeacherError
 from pocketpilot.store import MANIFEST, artifacts_dir, list_artifacts, rebuild_command, resolve_artifact, verify_artifact
 from pocketpilot.teachers import ACCEPTED_FORMS, fetch_teacher, parse_spec
 from pocketpilot.runtime.backends import Backend, TorchBackend
+from pocketpilot.runtime.fuse import fuse_projections
 from pocketpilot.runtime.int4 import Int4Linear
 from pocketpilot.runtime.llamacpp import GGUF_FILE, load_gguf_folder
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, align_int8_buffers, get_submodule_parent
@@ -161,6 +162,7 @@ def _load_int8(folder: Path, config, quant: dict, dtype: torch.dtype):
     state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(KEEP_DTYPE_SUFFIXES) else v)
              for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    fuse_projections(model)  # fold AWQ scales into norms, one matmul for q/k/v and for gate/up
     align_int8_buffers(model)
     for mod in model.modules():
         if isinstance(mod, Int4Linear):

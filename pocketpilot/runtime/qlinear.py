@@ -139,7 +139,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]) / self.input_scale.to(x.dtype)
+        x2 = x.reshape(-1, shape[-1])
+        if self.input_scale is not None:  # None once folded into the preceding norm (runtime.fuse)
+            x2 = x2 / self.input_scale.to(x.dtype)
         on_cpu = x2.device.type == "cpu"
         if x2.shape[0] <= SMALL_M and on_cpu and is_aligned(self.weight_int8):
             y = self._matmul("int8-kernel", x2)

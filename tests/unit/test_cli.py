@@ -44,7 +44,7 @@ def test_complete_prints_the_completion(tiny_home, tmp_path):
     (["complete", "{missing}", "--line", "1", "--col", "1"], "file not found"),
     (["complete", "{file}", "--line", "7", "--col", "1"], "line 7 is outside"),
     (["complete", "{file}", "--line", "1", "--col", "1", "--model", "nope-int8"], "'nope-int8' is neither a cached artifact (cached: none yet) nor a teacher"),
-    (["compress", "--method", "int3"], "unknown method 'int3'; supported: int8, int4, int8-fhead, bf16, none, bnb-int8, bnb-nf4"),
+    (["compress", "--method", "int3"], "unknown method 'int3'; supported: int8, int4, int8-fhead, bf16, gguf-q8_0, gguf-q4_k_m, none, bnb-int8, bnb-nf4"),
     (["compress", "--teacher", "gpt-17"], "unknown teacher 'gpt-17'"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys, monkeypatch):

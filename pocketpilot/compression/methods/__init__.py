@@ -44,11 +44,10 @@ class QuantMethod:
         body_kernel, head_kernel: the method whose measured kernel the decoder layers / the LM
             head run with (the probe times each kernel once); default: this method.
         requires: optional packages, as ``(module, pip requirement)``.
-        engine: what serves the artifact: ``"torch"``, or ``"llama.cpp"`` (a GGUF file; see
-            :mod:`pocketpilot.runtime.llamacpp`).
-        from_gguf: for llama.cpp methods, used instead of :attr:`apply`:
-            ``from_gguf(teacher_gguf, teacher_folder, out_dir) -> details`` writes the artifact's
-            GGUF (and ``config.json``) from the teacher's GGUF file, without loading a torch model.
+        gguf_type: for a method served by llama.cpp, the GGUF file type it writes (``"Q8_0"``,
+            ``"Q4_K_M"``: a ``LLAMA_FTYPE_MOSTLY_*`` name); ``None`` for the torch engine. Such a
+            method's artifact is written from the teacher's GGUF by llama.cpp's quantizer (see
+            :mod:`._gguf`), not by :attr:`apply`.
         chooser: offered by ``compress --for-this-machine``.
         search: offered by ``pocketpilot search``.
         gpu: considered on a CUDA machine.
@@ -67,8 +66,7 @@ class QuantMethod:
     body_kernel: str = ""
     head_kernel: str = ""
     requires: tuple[tuple[str, str], ...] = ()
-    engine: str = "torch"
-    from_gguf: Callable[[Path, Path, Path], dict] | None = None
+    gguf_type: str | None = None
     chooser: bool = True
     search: bool = True
     gpu: bool = False
@@ -77,12 +75,15 @@ class QuantMethod:
     def __post_init__(self):
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"method {self.name!r}: compute_dtype must be float32 or bfloat16")
-        if self.engine not in ("torch", "llama.cpp") or (self.engine == "llama.cpp") != (self.from_gguf is not None):
-            raise ValueError(f"method {self.name!r}: a llama.cpp method has from_gguf, a torch method does not")
         if min(self.body_bytes_per_weight, self.head_bytes_per_weight) <= 0:
             raise ValueError(f"method {self.name!r}: bytes per weight must be positive")
         object.__setattr__(self, "body_kernel", self.body_kernel or self.name)
         object.__setattr__(self, "head_kernel", self.head_kernel or self.name)
+
+    @property
+    def engine(self) -> str:
+        """What serves the artifact: ``"torch"``, or ``"llama.cpp"`` (a GGUF file; :mod:`pocketpilot.runtime.llamacpp`)."""
+        return "torch" if self.gguf_type is None else "llama.cpp"
 
     def missing(self) -> list[str]:
         """pip requirements of :attr:`requires` that are not installed."""

@@ -12,13 +12,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pocketpilot.errors import ArtifactError
+from pocketpilot.errors import ArtifactError, PocketPilotError
 from pocketpilot.runtime.llamacpp import GGUF_FILE, gguf_file_type, quantize_gguf
 
 
-def write_gguf(source: Path, teacher_folder: Path, out: Path, ftype: int, type_name: str) -> dict:
-    """Write ``out/model.gguf`` of llama.cpp file type ``ftype`` from the teacher GGUF ``source``, and
-    copy the teacher's ``config.json``; return the recipe details (source and file types).
+def file_type(type_name: str) -> int:
+    """llama.cpp's file type number for ``"Q8_0"``, ``"Q4_K_M"`` ... (``LLAMA_FTYPE_MOSTLY_*``)."""
+    from gguf import LlamaFileType  # lazy
+
+    return int(LlamaFileType[f"MOSTLY_{type_name}"])
+
+
+def write_gguf(source: Path, teacher_folder: Path, out: Path, type_name: str) -> dict:
+    """Write ``out/model.gguf`` of GGUF file type ``type_name`` (e.g. ``"Q8_0"``) from the teacher GGUF
+    ``source``, and copy the teacher's ``config.json``; return the recipe details (source and file types).
 
     Raises:
         MissingDependencyError: llama-cpp-python is missing (only when re-quantizing).
@@ -27,6 +34,7 @@ def write_gguf(source: Path, teacher_folder: Path, out: Path, ftype: int, type_n
     if not (teacher_folder / "config.json").is_file():
         raise ArtifactError(f"{teacher_folder} has no config.json")
     shutil.copyfile(teacher_folder / "config.json", out / "config.json")
+    ftype = file_type(type_name)
     src_type = gguf_file_type(source)
     if src_type == ftype:
         shutil.copyfile(source, out / GGUF_FILE)
@@ -34,6 +42,16 @@ def write_gguf(source: Path, teacher_folder: Path, out: Path, ftype: int, type_n
         quantize_gguf(source, out / GGUF_FILE, ftype)
     return {"engine": "llama.cpp", "gguf_type": type_name, "source_gguf": source.name, "source_file_type": src_type,
             "requantized": src_type != ftype}
+
+
+def not_from_torch(*_args):
+    """A GGUF method is written from the teacher's GGUF (``compress``), not from a torch model.
+
+    Raises:
+        PocketPilotError: always, with what to run instead.
+    """
+    raise PocketPilotError("GGUF methods are written from the teacher's GGUF file: use `pocketpilot compress "
+                           "--method gguf-...`, not the search or a torch model")
 
 
 def no_torch_model(*_args):

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pocketpilot.compression.methods._int8 import quantize_int8, quantize_int8_modules
+from pocketpilot.compression.methods._int8 import quantize_int8, quantize_int8_modules, shared_input_scales
+from pocketpilot.runtime.fuse import fuse_projections
 from pocketpilot.runtime.int4 import Int4Linear, fake_quant, supports
 from pocketpilot.runtime.qlinear import choose_input_scale, get_submodule_parent
 
@@ -35,15 +36,20 @@ def int4_linears(model: nn.Module, inputs: dict[str, torch.Tensor], group_size: 
     """
     modules, alphas = {}, {}
     head = model.get_output_embeddings()
+    fq = partial(fake_quant, group_size=group_size)
+
+    def takes(mod: nn.Module) -> bool:
+        return isinstance(mod, nn.Linear) and mod is not head and supports(mod.out_features, mod.in_features, group_size)
+
+    shared = shared_input_scales(model, inputs, alphas, takes, fake_quant=fq)
     for path, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear) or mod is head or ".layers." not in f".{path}":
             continue
-        if not supports(mod.out_features, mod.in_features, group_size):
+        if not takes(mod):
             continue  # stays int8
-        scale = None
-        if path in inputs:
-            scale, alphas[path] = choose_input_scale(mod.weight, inputs[path],
-                                                     fake_quant=partial(fake_quant, group_size=group_size))
+        scale = shared.get(path)
+        if path in inputs and path not in shared:
+            scale, alphas[path] = choose_input_scale(mod.weight, inputs[path], fake_quant=fq)
         parent, name = get_submodule_parent(model, path)
         setattr(parent, name, Int4Linear.from_linear(mod, group_size, scale))
         modules[path] = "int4"
@@ -65,6 +71,7 @@ def int4_in_memory(model: nn.Module) -> nn.Module:
     """``model`` with int4 decoder linears and int8 embedding / head in place (no calibration), for the speed probe."""
     int4_linears(model, {})
     quantize_int8_modules(model)
+    fuse_projections(model)
     return model
 
 

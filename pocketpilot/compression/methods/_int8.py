@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pocketpilot.runtime.loader import INT8_FORMAT, KEEP_DTYPE_SUFFIXES, QUANT_FILE
+from pocketpilot.runtime.fuse import fuse_projections, shared_input_groups
 from pocketpilot.runtime.qlinear import Int8Embedding, Int8Linear, choose_input_scale, get_submodule_parent
 
 
@@ -131,6 +132,32 @@ def collect_linear_inputs(model: nn.Module, calibration: list, rows: int = 256, 
     return {k: torch.cat(v) for k, v in kept.items()}
 
 
+def shared_input_scales(model: nn.Module, inputs: dict[str, torch.Tensor], alphas: dict[str, float],
+                        takes: Callable[[nn.Module], bool], fake_quant=None) -> dict[str, torch.Tensor | None]:
+    """One AWQ input scale per group of projections that read the same input (q/k/v, gate/up).
+
+    The scale minimises the summed output error of the group (their weights stacked), as AWQ
+    scales the inputs of all the linears after one operator together; a shared scale is what
+    lets :func:`pocketpilot.runtime.fuse.fuse_projections` fold it into the norm and fuse the
+    matmuls. Groups where a member is missing from ``inputs`` or not taken by ``takes`` are skipped.
+
+    Returns:
+        ``{module path: scale [in] or None}`` for every member of a calibrated group; the chosen
+        alpha of each goes into ``alphas``.
+    """
+    out: dict[str, torch.Tensor | None] = {}
+    for paths in shared_input_groups(model):
+        mods = [model.get_submodule(p) for p in paths]
+        if not all(p in inputs and takes(m) for p, m in zip(paths, mods)):
+            continue
+        w = torch.cat([m.weight.detach().float() for m in mods])
+        kw = {"fake_quant": fake_quant} if fake_quant is not None else {}
+        scale, alpha = choose_input_scale(w, inputs[paths[0]], **kw)
+        for p in paths:
+            out[p], alphas[p] = scale, alpha
+    return out
+
+
 def quantize_int8_modules(
     model: nn.Module, compute: torch.dtype = torch.float32, inputs: dict[str, torch.Tensor] | None = None,
     skip_head: bool = False,
@@ -154,7 +181,11 @@ def quantize_int8_modules(
     head = model.get_output_embeddings()
     head_path = next((n for n, m in model.named_modules() if m is head), None)
 
+    shared = shared_input_scales(model, inputs, alphas, lambda m: isinstance(m, nn.Linear) and m is not head)
+
     def scale_for(path: str, weight: torch.Tensor):
+        if path in shared:
+            return shared[path]
         if path not in inputs:
             return None
         s, alphas[path] = choose_input_scale(weight, inputs[path])
@@ -187,8 +218,9 @@ def quantize_int8_modules(
 
 
 def int8_in_memory(model: nn.Module) -> nn.Module:
-    """``model`` with int8 linears and embedding in place (no calibration), for the speed probe."""
+    """``model`` with int8 linears and embedding in place (no calibration), fused as served, for the speed probe."""
     quantize_int8_modules(model)
+    fuse_projections(model)
     return model
 
 

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from pocketpilot.compression.methods import QuantMethod, lazy_impl
 
-#: llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_K_M
-FTYPE = 15
-
 METHOD = QuantMethod(
     name="gguf-q4_k_m", description="Q4_K_M GGUF run by llama.cpp (needs llama-cpp-python)",
     body_bytes_per_weight=0.61, head_bytes_per_weight=0.82, compute_dtype="float32", quality_tier=1,
-    apply=lazy_impl("_gguf", "no_torch_model"), in_memory=lazy_impl("_gguf", "no_torch_model"),
-    probe_linear=lazy_impl("_gguf", "no_torch_model"),
-    from_gguf=lazy_impl("_gguf", "write_gguf", ftype=FTYPE, type_name="Q4_K_M"),
-    engine="llama.cpp", requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=32,
+    apply=lazy_impl("_gguf", "not_from_torch"), in_memory=lazy_impl("_gguf", "no_torch_model"),
+    probe_linear=lazy_impl("_gguf", "no_torch_model"), gguf_type="Q4_K_M",
+    requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=32,
 )

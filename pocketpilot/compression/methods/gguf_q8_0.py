@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pocketpilot.compression.methods import QuantMethod, lazy_impl
 
-#: llama.cpp's LLAMA_FTYPE_MOSTLY_Q8_0
-FTYPE = 7
-
 METHOD = QuantMethod(
     name="gguf-q8_0", description="Q8_0 GGUF run by llama.cpp (needs llama-cpp-python)",
     body_bytes_per_weight=34 / 32, head_bytes_per_weight=34 / 32, compute_dtype="float32", quality_tier=0,
-    apply=lazy_impl("_gguf", "no_torch_model"), in_memory=lazy_impl("_gguf", "no_torch_model"),
-    probe_linear=lazy_impl("_gguf", "no_torch_model"),
-    from_gguf=lazy_impl("_gguf", "write_gguf", ftype=FTYPE, type_name="Q8_0"),
-    engine="llama.cpp", requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=30,
+    apply=lazy_impl("_gguf", "not_from_torch"), in_memory=lazy_impl("_gguf", "no_torch_model"),
+    probe_linear=lazy_impl("_gguf", "no_torch_model"), gguf_type="Q8_0",
+    requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=30,
 )
