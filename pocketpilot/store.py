@@ -168,9 +168,13 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in folder.rglob(pattern) if p.is_file())
 
 
+#: file patterns that hold a model's weights (safetensors for the torch engine, GGUF for llama.cpp)
+WEIGHT_PATTERNS = ("*.safetensors", "*.gguf")
+
+
 def weight_files(folder: Path) -> list[Path]:
-    """The ``*.safetensors`` files of a model folder, sorted."""
-    return sorted(folder.glob("*.safetensors"))
+    """The weight files (:data:`WEIGHT_PATTERNS`) of a model folder, sorted."""
+    return sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
 
 
 def disk_error(exc: OSError, where: Path) -> PocketPilotError:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pocketpilot.compression.build import CompressResult, Written, build_artifact
 from pocketpilot.compression.calibration import calibration_batches
 from pocketpilot.compression.methods import QuantMethod, get_method
-from pocketpilot.compression.methods._gguf import write_gguf
+from pocketpilot.compression.methods._gguf import write_gguf, write_gguf_from_folder
 from pocketpilot.store import MANIFEST, Progress, no_progress, read_json_or_none
 from pocketpilot.teachers import Teacher, fetch_teacher, parse_spec, teacher_gguf
 
@@ -79,9 +79,15 @@ def _quantize_teacher(teacher_obj: Teacher, qmethod: QuantMethod, tmp: Path, pro
 
 def _gguf_teacher(teacher_obj: Teacher, qmethod: QuantMethod, tmp: Path, progress: Progress) -> Written:
     """Write the GGUF of a llama.cpp method from the teacher's own GGUF (see :mod:`.methods._gguf`)."""
-    source = teacher_gguf(teacher_obj.spec.spec, progress)
-    progress(f"writing {qmethod.name} from {source.name} with llama.cpp's quantizer", 0.3)
-    details = write_gguf(source, teacher_obj.folder, tmp, qmethod.gguf_type)
+    if teacher_obj.spec.kind in ("packaged", "gguf"):
+        source = teacher_gguf(teacher_obj.spec.spec, progress)
+        progress(f"writing {qmethod.name} from {source.name} with llama.cpp's quantizer", 0.3)
+        details = write_gguf(source, teacher_obj.folder, tmp, qmethod.gguf_type)
+    else:  # a student or a Hugging Face folder: export it to GGUF first
+        root = (read_json_or_none(teacher_obj.folder / MANIFEST) or {}).get("teacher") or {}
+        vocab = teacher_gguf(root["spec"], progress) if root.get("kind") in ("packaged", "gguf") else None
+        progress(f"exporting {teacher_obj.spec.spec} to GGUF and writing {qmethod.name} with llama.cpp's quantizer", 0.3)
+        details = write_gguf_from_folder(teacher_obj.folder, tmp, qmethod.gguf_type, vocab)
     n_params = 0
     for f in sorted(teacher_obj.folder.glob("*.safetensors")):
         with safe_open(f, "pt") as st:

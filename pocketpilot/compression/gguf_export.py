@@ -95,7 +95,7 @@ def _add_tokenizer(w: Any, source: Path | None, vocab_size: int) -> None:
         w.add_tokenizer_pre("default")
         w.add_token_list([f"<{i}>" for i in range(vocab_size)])
         w.add_token_types([int(gguf.TokenType.NORMAL)] * vocab_size)
-        w.add_token_merges([])
+        w.add_token_merges(["a b"])  # llama.cpp refuses a BPE vocabulary without merges
         w.add_bos_token_id(0)
         w.add_eos_token_id(1)
         return

@@ -169,15 +169,16 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
                 gbps[m] = round(lin.weight.numel() * get_method(m, check=False).body_bytes_per_weight
                                 / (_best_ms(lambda: layer(x), repeats=20) * 1e-3) / 1e9, 2)
     layers, base = {}, []
+    exports = tempfile.TemporaryDirectory(prefix="pocketpilot-probe-")  # float32 GGUFs, shared by the GGUF types
     for t in teachers:
         ref = AutoModelForCausalLM.from_config(t.mini_config(3)).eval()
         for m in methods:
             method = get_method(m, check=False)
             if method.engine == "llama.cpp":
-                timed = _llamacpp_layer(ref, t, method)
+                timed = _llamacpp_layer(ref, t, method, Path(exports.name))
                 if timed is not None:
-                    layers[f"{t.alias}/{m}"], rest, gbps[m] = timed
-                    base.append(rest)
+                    layers[f"{t.alias}/{m}"], layer_gbps = timed
+                    gbps.setdefault(m, layer_gbps)  # the largest teacher's layers (listed first) set the head's rate
                 continue
             model = method.in_memory(copy.deepcopy(ref))
             if model is None:
@@ -192,19 +193,21 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
             base.append(max(0.0, times[1]["decode_ms"] - layers[f"{t.alias}/{m}"]["decode_ms"]))
             del model
         del ref
+    exports.cleanup()
     return SpeedProbe("cpu", gflops, gbps, layers, round(min(base), 3) if base else 0.0,
                       round(time.perf_counter() - t_start, 1))
 
 
-def _llamacpp_layer(ref, teacher: TeacherShape, method) -> tuple[dict[str, float], float, float] | None:
+def _llamacpp_layer(ref, teacher: TeacherShape, method, exports: Path) -> tuple[dict[str, float], float] | None:
     """One decoder layer of ``teacher``'s shape in llama.cpp with ``method``'s GGUF type.
 
-    The random mini model ``ref`` (3 layers) and its 1-layer cut are written as GGUF, quantized
-    by llama.cpp's quantizer and timed as :func:`_time_forward` times torch models.
+    The random mini model ``ref`` (3 layers) and its 1-layer cut are written as float32 GGUF
+    (once per teacher, into ``exports``), quantized by llama.cpp's quantizer and timed as
+    :func:`_time_forward` times torch models; one layer is the difference over two layers.
 
     Returns:
-        ``(layer {"decode_ms", "prefill_ms"}, rest of a decode step ms, weight GB/s of a decode
-        step's layer matmuls)``, or ``None`` when llama-cpp-python is missing.
+        ``(layer {"decode_ms", "prefill_ms"}, weight GB/s of the layer's matmuls in a decode step)``,
+        or ``None`` when llama-cpp-python is missing.
     """
     from pocketpilot.compression.gguf_export import export_gguf  # lazy: gguf writer
     from pocketpilot.compression.methods._gguf import file_type
@@ -213,22 +216,23 @@ def _llamacpp_layer(ref, teacher: TeacherShape, method) -> tuple[dict[str, float
 
     times = {}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for n in (3, 1):
+        for n in (3, 1):
+            f32 = exports / f"{teacher.alias}-{n}.f32.gguf"
+            if not f32.is_file():
                 model = copy.deepcopy(ref)
                 model.model.layers = model.model.layers[:n]
                 model.config.num_hidden_layers = n
-                f32, q = Path(tmp) / f"{n}.f32.gguf", Path(tmp) / f"{n}.gguf"
                 export_gguf(model, f32)
-                quantize_gguf(f32, q, file_type(method.gguf_type))
-                times[n] = _time_llama_context(LlamaContext(q, n_ctx=1024), MINI_VOCAB)
+            q = exports / f"{teacher.alias}-{n}.{method.gguf_type}.gguf"
+            quantize_gguf(f32, q, file_type(method.gguf_type))
+            times[n] = _time_llama_context(LlamaContext(q, n_ctx=1024), MINI_VOCAB)
+            q.unlink()
     except MissingDependencyError:
         return None
     layer = {k: round(max(0.0, (times[3][k] - times[1][k]) / 2), 3) for k in ("decode_ms", "prefill_ms")}
-    rest = max(0.0, times[1]["decode_ms"] - layer["decode_ms"])
     layer_bytes = teacher.body_params / teacher.layers * method.body_bytes_per_weight
     gbps = round(layer_bytes / (layer["decode_ms"] * 1e-3) / 1e9, 2) if layer["decode_ms"] else 0.0
-    return layer, rest, gbps
+    return layer, gbps
 
 
 def _time_llama_context(ctx, vocab: int) -> dict[str, float]:

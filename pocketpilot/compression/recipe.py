@@ -144,8 +144,8 @@ def choose_recipe(profile: HardwareProfile, speed: SpeedProbe, budget_ms: float 
     rows = []
     for t in teachers:
         for m in methods:
-            row = {"teacher": t.alias, "method": m.name, "quality": t.quality, "tier": m.quality_tier,
-                   "device": "cuda" if gpu else "cpu", **predict(t, m, speed)}
+            row = {"teacher": t.alias, "method": m.name, "engine": m.engine, "quality": t.quality,
+                   "tier": m.quality_tier, "device": "cuda" if gpu else "cpu", **predict(t, m, speed)}
             why = _rejection(m, row, profile, gpu)
             if why:
                 row["rejected"] = why
@@ -159,12 +159,14 @@ def choose_recipe(profile: HardwareProfile, speed: SpeedProbe, budget_ms: float 
     if within:
         best = min(within, key=lambda r: (-r["quality"], r["tier"], r["line_ms"]))
         others = [r for r in within if r is not best]
-        reason = (f"{best['teacher']} {best['method']}: predicted one-line p50 {best['line_ms']:.0f} ms within "
+        reason = (f"{best['teacher']} {best['method']} ({best['engine']} engine): predicted one-line p50 "
+                  f"{best['line_ms']:.0f} ms within "
                   f"{budget_ms:.0f} ms; the best teacher that fits"
                   + (f" (also within budget: {', '.join(r['teacher'] + ' ' + r['method'] for r in others[:3])})" if others else ""))
     else:
         best = min(fits, key=lambda r: (r["line_ms"], r["tier"]))
-        reason = (f"no recipe is predicted within {budget_ms:.0f} ms here; {best['teacher']} {best['method']} is the "
+        reason = (f"no recipe is predicted within {budget_ms:.0f} ms here; {best['teacher']} {best['method']} "
+                  f"({best['engine']} engine) is the "
                   f"fastest that fits ({best['line_ms']:.0f} ms predicted, cold 512-token prompt; KV-cache reuse "
                   f"makes most editor requests far faster)")
     for r in rows:

@@ -31,7 +31,7 @@ from pocketpilot.corpus import default_source_dir
 from pocketpilot.errors import PocketPilotError
 from pocketpilot.evaluation.line_completion import percentile
 from pocketpilot.evaluation.tasks import read_tasks, write_tasks
-from pocketpilot.store import folder_bytes
+from pocketpilot.store import folder_bytes, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def measure_cost_inproc(
     Returns:
         A dict (JSON-serialisable):
         ``folder``; ``size_bytes`` (all files of the model folder), ``weights_bytes`` (its
-        ``*.safetensors``); ``peak_rss_bytes`` and ``peak_rss_source`` (see :func:`peak_rss_bytes`),
+        weight files: safetensors or GGUF); ``peak_rss_bytes`` and ``peak_rss_source`` (see :func:`peak_rss_bytes`),
         read after all runs; ``max_positions`` (tokens); ``prefill_ms`` ``{str(length): ms or None}``
         and ``prefill_skipped`` ``{str(length): reason}`` for lengths the model cannot hold;
         ``decode_ms_per_token`` (ms, after the shortest timed prompt, ``decode_prompt_tokens``);
@@ -288,9 +288,9 @@ def measure_cost_inproc(
 
     run, lengths = _check_cost_inputs(tasks, n_completions, prompt_lengths)
     out: dict = {"folder": str(loaded.folder)}
-    # all files / safetensors only (bytes); stat follows symlinks, so a Hugging Face cache snapshot counts its blobs
+    # all files / weight files only (bytes); stat follows symlinks, so a Hugging Face cache snapshot counts its blobs
     out["size_bytes"] = folder_bytes(Path(loaded.folder))
-    out["weights_bytes"] = folder_bytes(Path(loaded.folder), "*.safetensors")
+    out["weights_bytes"] = sum(p.stat().st_size for p in weight_files(Path(loaded.folder)))
     out.update(_speed_fields(loaded, lengths))
     meter = _EnergyMeter(country_iso_code, measure_power_secs, tracking_mode) if energy else None
     latency, new_tokens, decode_ms, skipped = _time_completions(loaded, run, meter)

@@ -30,7 +30,7 @@ from pocketpilot.evaluation.codexglue import evaluate_codexglue, load_examples
 from pocketpilot.evaluation.humaneval import EvalCache, evaluate_humaneval, evaluate_recode, load_problems
 from pocketpilot.evaluation.line_completion import evaluate_lines
 from pocketpilot.evaluation.tasks import make_tasks
-from pocketpilot.store import folder_bytes, read_manifest, resolve_artifact
+from pocketpilot.store import read_manifest, resolve_artifact, weight_files
 from pocketpilot.teachers import parse_spec, teacher_gguf
 
 
@@ -119,12 +119,12 @@ class _ModelRun:
         self._cache: EvalCache | None = None
 
     def load(self) -> int:
-        """Load the model in this process; returns the bytes of its ``*.safetensors`` files."""
+        """Load the model in this process; returns the bytes of its weight files (safetensors or GGUF)."""
         from pocketpilot.runtime.loader import load_any  # lazy: torch
 
         t0 = time.perf_counter()
         self.loaded = load_any(self.name)
-        size = folder_bytes(self.loaded.folder, "*.safetensors")
+        size = sum(p.stat().st_size for p in weight_files(Path(self.loaded.folder)))
         self.log(f"   loaded in {time.perf_counter() - t0:.1f} s ({size / 1e6:.0f} MB of weights)")
         if self.ckpt is not None:
             self.fingerprint = model_fingerprint(self.loaded.folder)

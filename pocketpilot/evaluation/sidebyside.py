@@ -25,6 +25,7 @@ from pocketpilot.evaluation.tasks import make_tasks
 from pocketpilot.runtime.engine import CompletionEngine
 from pocketpilot.runtime.llamacpp import LlamaCppModel, LlamaContext
 from pocketpilot.runtime.loader import LoadedModel, load_any, resolve_any
+from pocketpilot.store import weight_files
 from pocketpilot.teachers import teacher_gguf
 
 
@@ -52,7 +53,7 @@ def weight_bytes(loaded: LoadedModel) -> int:
     """Bytes of the model's weight files (safetensors or GGUF): about what a decode step reads (bytes)."""
     if loaded.engine == "llama.cpp":
         return loaded.model.gguf.stat().st_size
-    return sum(f.stat().st_size for f in Path(loaded.folder).glob("*.safetensors"))
+    return sum(f.stat().st_size for f in weight_files(Path(loaded.folder)))
 
 
 def side_by_side(models: list[str], baseline_teacher: str | None = None, positions: int = 10, rounds: int = 3,

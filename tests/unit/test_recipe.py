@@ -50,8 +50,8 @@ def test_small_cpu_falls_back_to_the_small_teacher_and_says_the_budget_is_missed
     d = choose_recipe(machine(8, cpus=2), SMALL_CPU, budget_ms=300)
     assert (d.teacher, d.method) == ("smollm2-135m", "int8")
     assert not d.meets_budget and "no recipe is predicted within 300 ms" in d.reason
-    qwen = [r for r in d.candidates if r["teacher"] == "qwen2.5-coder-1.5b"]
-    assert all("compressing needs" in r["rejected"] for r in qwen)  # 1.8B params in fp32 do not fit in 8 GB
+    qwen = [r for r in d.candidates if r["teacher"] == "qwen2.5-coder-1.5b" and "not installed" not in r["rejected"]]
+    assert qwen and all("compressing needs" in r["rejected"] for r in qwen)  # 1.8B params in fp32 do not fit in 8 GB
 
 
 def test_small_cpu_with_a_generous_budget_still_prefers_quality():
@@ -75,6 +75,20 @@ def test_missing_bitsandbytes_rejects_its_methods_with_the_pip_command():
     d = choose_recipe(machine(8, bnb=False), SMALL_CPU)
     bnb = [r for r in d.candidates if r["method"].startswith("bnb-")]
     assert bnb and all("pip install bitsandbytes" in r["rejected"] for r in bnb)
+
+
+def test_llama_cpp_engine_is_chosen_when_measured_faster_and_said_so(monkeypatch):
+    fast = speeds(60, {"int8": 8, "bf16": 8, "none": 8, "gguf-q8_0": 24, "gguf-q4_k_m": 30})
+    monkeypatch.setattr(HardwareProfile, "has_package", lambda self, module: True)
+    d = choose_recipe(machine(32, cpus=2, bnb=False), fast, budget_ms=1e6)
+    # the best teacher; of the no-loss methods (tier 0) the fastest, which here runs in llama.cpp
+    assert (d.teacher, d.method) == ("qwen2.5-coder-1.5b", "gguf-q8_0") and "(llama.cpp engine)" in d.reason
+    row = next(r for r in d.candidates if r["method"] == "gguf-q8_0" and r["chosen"])
+    assert row["engine"] == "llama.cpp"
+    monkeypatch.setattr(HardwareProfile, "has_package", lambda self, module: module != "llama_cpp")
+    d = choose_recipe(machine(32, cpus=2, bnb=False), fast, budget_ms=1e6)
+    assert d.method == "int8" and all("pip install llama-cpp-python" in r["rejected"]
+                                      for r in d.candidates if r["engine"] == "llama.cpp")
 
 
 def test_bad_budget():

@@ -44,6 +44,33 @@ def write_gguf(source: Path, teacher_folder: Path, out: Path, type_name: str) ->
             "requantized": src_type != ftype}
 
 
+def write_gguf_from_folder(folder: Path, out: Path, type_name: str, tokenizer_gguf: Path | None) -> dict:
+    """Like :func:`write_gguf` for a teacher without a GGUF file (a distilled or pruned student, a
+    Hugging Face folder): the float model is exported first (:func:`pocketpilot.compression.gguf_export.export_gguf`,
+    tokenizer fields from ``tokenizer_gguf`` when given) and then quantized by llama.cpp.
+
+    Raises:
+        MissingDependencyError: llama-cpp-python is missing.
+        ArtifactError: the architecture cannot be exported, or the quantizer failed.
+    """
+    import torch  # lazy: torch
+    from transformers import AutoModelForCausalLM  # lazy: transformers
+
+    from pocketpilot.compression.gguf_export import export_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    f32 = out / "export.f32.gguf"
+    try:
+        export_gguf(model, f32, tokenizer_gguf)
+        del model
+        shutil.copyfile(folder / "config.json", out / "config.json")
+        quantize_gguf(f32, out / GGUF_FILE, file_type(type_name))
+    finally:
+        f32.unlink(missing_ok=True)
+    return {"engine": "llama.cpp", "gguf_type": type_name, "source_gguf": None, "exported_from": str(folder),
+            "tokenizer_fields_from": tokenizer_gguf.name if tokenizer_gguf else "placeholder (the engine tokenizes)"}
+
+
 def not_from_torch(*_args):
     """A GGUF method is written from the teacher's GGUF (``compress``), not from a torch model.
 

@@ -13,5 +13,5 @@ METHOD = QuantMethod(
     body_bytes_per_weight=0.61, head_bytes_per_weight=0.82, compute_dtype="float32", quality_tier=1,
     apply=lazy_impl("_gguf", "not_from_torch"), in_memory=lazy_impl("_gguf", "no_torch_model"),
     probe_linear=lazy_impl("_gguf", "no_torch_model"), gguf_type="Q4_K_M",
-    requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=32,
+    requires=(("llama_cpp", "llama-cpp-python"),), search=False, rank=32,
 )

@@ -9,5 +9,5 @@ METHOD = QuantMethod(
     body_bytes_per_weight=34 / 32, head_bytes_per_weight=34 / 32, compute_dtype="float32", quality_tier=0,
     apply=lazy_impl("_gguf", "not_from_torch"), in_memory=lazy_impl("_gguf", "no_torch_model"),
     probe_linear=lazy_impl("_gguf", "no_torch_model"), gguf_type="Q8_0",
-    requires=(("llama_cpp", "llama-cpp-python"),), chooser=False, search=False, rank=30,
+    requires=(("llama_cpp", "llama-cpp-python"),), search=False, rank=30,
 )
