@@ -86,7 +86,7 @@ def cmd_doctor(args) -> int:
     )
 
     profile = probe_hardware()
-    print("probing kernel speeds (about 30 s) ...", file=sys.stderr, flush=True)
+    print("probing kernel speeds of both engines (about a minute) ...", file=sys.stderr, flush=True)
     speed = probe_speed()
     decision = choose_recipe(profile, speed, args.budget_ms)
     if args.json:
@@ -100,16 +100,18 @@ def cmd_doctor(args) -> int:
     gpus = "; ".join(f"{g['name']} ({_human(g['memory_bytes'])})" for g in profile.cuda) or "none"
     print(f"CUDA      {gpus}")
     print(f"MPS       {'yes' if profile.mps else 'no'}")
-    print(f"optional  bitsandbytes {'installed' if profile.bitsandbytes else 'not installed (pip install bitsandbytes)'}")
+    print(f"optional  bitsandbytes {'installed' if profile.bitsandbytes else 'not installed (pip install bitsandbytes)'}; "
+          f"llama.cpp engine {'installed' if profile.has_package('llama_cpp') else 'not installed (pip install llama-cpp-python)'}")
     print(f"speed     matmul {speed.gflops.get('float32')} GFLOP/s fp32, {speed.gflops.get('bfloat16')} bf16; "
           f"one-row weight streaming (GB/s): " + ", ".join(f"{k} {v}" for k, v in speed.weight_gbps.items())
           + f"  (probe took {speed.seconds} s)")
     print(f"\ncandidates (predicted, cold one-line completion: {512}-token prefill + 12 decode steps):")
-    print(f"  {'teacher':20s} {'method':9s} {'prefill ms':>10s} {'decode ms/tok':>13s} {'line ms':>8s} {'weights':>9s}  note")
+    print(f"  {'teacher':20s} {'method':11s} {'engine':9s} {'prefill ms':>10s} {'decode ms/tok':>13s} {'line ms':>8s} "
+          f"{'weights':>9s}  note")
     for r in decision.candidates:
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         note = "CHOSEN" if r["chosen"] else r.get("rejected", "")
-        print(f"  {r['teacher']:20s} {r['method']:9s} {fmt(r['prefill_ms'], '.0f'):>10s} "
+        print(f"  {r['teacher']:20s} {r['method']:11s} {r['engine']:9s} {fmt(r['prefill_ms'], '.0f'):>10s} "
               f"{fmt(r['decode_ms_per_token'], '.1f'):>13s} {fmt(r['line_ms'], '.0f'):>8s} {_human(r['weights_bytes']):>9s}  {note}")
     print(f"\nrecipe    {decision.teacher} {decision.method} on {decision.device}; budget {decision.budget_ms:.0f} ms "
           f"({'met' if decision.meets_budget else 'not met'}, predicted)")

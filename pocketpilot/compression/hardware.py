@@ -132,13 +132,16 @@ def _best_ms(fn, repeats: int = 5) -> float:
 
 
 def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[str, ...] | None = None) -> SpeedProbe:
-    """Measure, on this CPU, what each teacher's layers cost under each method (about 30 s).
+    """Measure, on this CPU, what each teacher's layers cost under each method (about 30 s; a
+    minute or two more with the llama.cpp engine installed).
 
     For each teacher, a randomly initialised model of the teacher's exact layer shape (1 and 3
     layers, tiny vocabulary) is compressed in memory with each method (PocketPilot's int8, bf16,
     float32, and the bitsandbytes layers when installed) and timed: one decode step with 512
     cached tokens, and a 128-token prefill. The difference between 3 and 1 layers is the cost of
-    one layer. The LM head is timed as a one-row matmul per method. No download is needed.
+    one layer. The LM head is timed as a one-row matmul per method. For the llama.cpp methods the
+    same mini models are written as GGUF, quantized by llama.cpp and timed in llama.cpp; their head
+    rate is their layers' measured weight rate. No download is needed.
 
     Args:
         teachers: teacher shapes to time.

@@ -160,6 +160,7 @@ def generate(loaded, prompt: str, max_new_tokens: int = 300) -> tuple[str, dict]
     import torch  # lazy: torch
     from transformers import StoppingCriteriaList  # lazy: transformers imports torch
 
+    loaded.require_torch("HumanEval and ReCode generation")
     tok, model = loaded.tokenizer, loaded.model
     stripped = prompt.rstrip()
     tail = "" if _natural_boundary(tok, prompt) else prompt[len(stripped):]
