@@ -134,7 +134,8 @@ def scratch(numel: int) -> torch.Tensor:
     """A float32 buffer of at least ``numel`` elements, reused by this thread's float32 prefill path."""
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buf = torch.empty(numel, dtype=torch.float32)
         _scratch.buf = buf
     return buf[:numel]
 

@@ -255,7 +255,8 @@ def test_int8_float_head_roundtrip(tiny_model, tiny_deep_teacher_folder, tmp_pat
     emb, head = loaded.get_input_embeddings(), loaded.get_output_embeddings()
     assert isinstance(emb, torch.nn.Embedding) and emb.weight.dtype == torch.float32
     assert head.weight.data_ptr() == emb.weight.data_ptr()
-    assert isinstance(loaded.model.layers[0].mlp.up_proj, Int8Linear)
+    assert isinstance(loaded.model.layers[0].mlp.down_proj, Int8Linear)
+    assert isinstance(loaded.model.layers[0].mlp.fused_gate_up.inner, Int8Linear)  # gate/up fused at load
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         ref, got = tiny_model(input_ids=ids).logits, loaded(input_ids=ids).logits
