@@ -121,16 +121,6 @@ class SpeedProbe:
     seconds: float = 0.0
 
 
-def _best_ms(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[str, ...] | None = None) -> SpeedProbe:
     """Measure, on this CPU, what each teacher's layers cost under each method (about 30 s; a
     minute or two more with the llama.cpp engine installed).
@@ -155,13 +145,15 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
     from torch import nn
     from transformers import AutoModelForCausalLM
 
+    from pocketpilot.runtime.kernels import time_ms  # lazy: torch
+
     t_start = time.perf_counter()
     methods = methods or tuple(m.name for m in CHOOSER_METHODS if m.available())
     torch.manual_seed(0)
     gflops = {}
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         a, b = torch.randn(256, 1536, dtype=dt), torch.randn(1536, 4096, dtype=dt)
-        gflops[name] = round(2 * 256 * 1536 * 4096 / (_best_ms(lambda: a @ b) * 1e-3) / 1e9, 1)
+        gflops[name] = round(2 * 256 * 1536 * 4096 / (time_ms(lambda: a @ b, repeats=5) * 1e-3) / 1e9, 1)
     gbps = {}
     lin = nn.Linear(1536, 4096, bias=False)
     with torch.inference_mode():
@@ -170,7 +162,7 @@ def probe_speed(teachers: tuple[TeacherShape, ...] = TEACHERS, methods: tuple[st
             if probe is not None:
                 layer, x = probe
                 gbps[m] = round(lin.weight.numel() * get_method(m, check=False).body_bytes_per_weight
-                                / (_best_ms(lambda: layer(x), repeats=20) * 1e-3) / 1e9, 2)
+                                / (time_ms(lambda: layer(x), repeats=20) * 1e-3) / 1e9, 2)
     layers, base = {}, []
     exports = tempfile.TemporaryDirectory(prefix="pocketpilot-probe-")  # float32 GGUFs, shared by the GGUF types
     for t in teachers:
@@ -242,6 +234,8 @@ def _time_llama_context(ctx, vocab: int) -> dict[str, float]:
     """``{"decode_ms", "prefill_ms"}`` of a llama.cpp context, as :func:`_time_forward` measures torch."""
     import torch  # lazy: torch
 
+    from pocketpilot.runtime.kernels import time_ms
+
     ids = torch.randint(0, vocab, (512,)).tolist()
     ctx.decode(ids, 0, 1)
 
@@ -253,12 +247,14 @@ def _time_llama_context(ctx, vocab: int) -> dict[str, float]:
         ctx.remove_from(0)
         ctx.decode(ids[:128], 0, 1)
 
-    return {"decode_ms": _best_ms(step, repeats=8), "prefill_ms": _best_ms(prefill, repeats=2)}
+    return {"decode_ms": time_ms(step, repeats=8), "prefill_ms": time_ms(prefill, repeats=2)}
 
 
 def _time_forward(model) -> dict[str, float]:
     """``{"decode_ms", "prefill_ms"}``: one decode step after 512 cached tokens; a 128-token prefill (ms)."""
     import torch  # lazy: torch
+
+    from pocketpilot.runtime.kernels import time_ms
 
     ids = torch.randint(0, MINI_VOCAB, (1, 512))
     cache_kw = cache_keyword(model)  # "cache" where transformers renamed it; "past_key_values" warns there
@@ -269,8 +265,8 @@ def _time_forward(model) -> dict[str, float]:
             model(input_ids=ids[:, :1], use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             cache.crop(-1)  # drop the token just added (transformers 5 takes a negative count)
 
-        decode = _best_ms(step, repeats=8)
-        prefill = _best_ms(lambda: model(input_ids=ids[:, :128], use_cache=True, logits_to_keep=1), repeats=2)
+        decode = time_ms(step, repeats=8)
+        prefill = time_ms(lambda: model(input_ids=ids[:, :128], use_cache=True, logits_to_keep=1), repeats=2)
     return {"decode_ms": decode, "prefill_ms": prefill}
 
 

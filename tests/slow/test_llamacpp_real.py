@@ -5,7 +5,6 @@ methods' declared bytes per weight, and that the llama.cpp engine completes as t
 """
 
 import importlib.util
-import os
 
 import pytest
 
@@ -25,20 +24,8 @@ pytestmark = [pytest.mark.slow,
 BODY, HEAD = 134_515_008 - 49152 * 576 - 576 * 61, 49152 * 576
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("llamacpp-home")
-    old = os.environ.get("POCKETPILOT_HOME")
-    os.environ["POCKETPILOT_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("POCKETPILOT_HOME")
-    else:
-        os.environ["POCKETPILOT_HOME"] = old
-
-
 @pytest.mark.parametrize("method", ["gguf-q8_0", "gguf-q4_k_m"])
-def test_gguf_artifact_size_and_completions(home, method):
+def test_gguf_artifact_size_and_completions(real_home, method):
     res = compress("smollm2-135m", method, eval_tasks=0, activate=False)
     gguf = res.folder / GGUF_FILE
     assert res.manifest.recipe["engine"] == "llama.cpp" and res.manifest.files[GGUF_FILE]["bytes"] == gguf.stat().st_size
@@ -47,7 +34,7 @@ def test_gguf_artifact_size_and_completions(home, method):
         assert abs(gguf.stat().st_size - declared) / declared < 0.02, (gguf.stat().st_size, declared)
     llama = CompletionEngine(load_artifact(str(res.folder)))
     assert llama.backend.engine == "llama.cpp"
-    teacher = CompletionEngine(load_model_folder(home / "teachers" / "smollm2-135m"))
+    teacher = CompletionEngine(load_model_folder(real_home / "teachers" / "smollm2-135m"))
     tasks = make_tasks(default_source_dir(), n=20, seed=0)
     a, b = evaluate_lines(teacher, tasks), evaluate_lines(llama, tasks)
     same = sum(x["pred"] == y["pred"] for x, y in zip(a["predictions"], b["predictions"]))

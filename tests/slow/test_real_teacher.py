@@ -21,18 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("real-home")
-    old = os.environ.get("POCKETPILOT_HOME")
-    os.environ["POCKETPILOT_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("POCKETPILOT_HOME")
-    else:
-        os.environ["POCKETPILOT_HOME"] = old
-
-
-@pytest.fixture(scope="module")
 def int8_artifact(real_home):
     return compress("smollm2-135m", "int8", eval_tasks=0)
 
