@@ -1,7 +1,7 @@
 """Server settings, parsed once from ``initializationOptions`` with cattrs.
 
 The engine's settings and the schema (name, type, default, bounds, description of each) are
-declared in :mod:`pocketpilot.runtime.settings`; this module adds the two settings only the
+declared in :mod:`pocketpilot.runtime.settings`; this module adds the settings only the
 server reads and the parser. ``vscode-client/package.json`` must contribute the same settings
 with the same facts (``tests/unit/test_vscode_settings.py``); the extension reads its bounds
 from there.
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServerSettings(EngineSettings):
     """Settings a client may pass in ``initializationOptions`` (camelCase keys): the engine's
-    (:class:`EngineSettings`) plus ``artifact`` and ``debounceMs``. :func:`schema` lists each
+    (:class:`EngineSettings`) plus ``artifact``, ``debounceMs``, ``warmUp`` and ``speculate``. :func:`schema` lists each
     one's type, default, bounds and description.
 
     Raises:
@@ -37,6 +37,10 @@ class ServerSettings(EngineSettings):
                                          "(the last one `pocketpilot compress` made).")
     debounce_ms: int = setting(0, "Server-side wait (ms) before starting a suggestion, dropped if you type on; "
                                   "VS Code already debounces, so 0 is usual.", minimum=0)
+    warm_up: bool = setting(True, "While the editor is idle, compute the prompt of an opened or focused document "
+                                  "and of the cursor after a typing pause, so its first suggestion is fast.")
+    speculate: bool = setting(True, "While the editor is idle after a suggestion is shown, compute the one that "
+                                    "would follow its acceptance, so accepting is answered at once.")
 
     @classmethod
     def parse(cls, options: object) -> tuple["ServerSettings", list[str]]:

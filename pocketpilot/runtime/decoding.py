@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +26,12 @@ class Generation:
             (one line only).
         limit: at most this many tokens are decoded (tokens).
         should_stop: polled after each accepted token; True cancels.
+        deadline: ``time.perf_counter()`` value after which decoding stops (``cut``); ``None`` = none.
         generated: tokens decoded so far (tokens).
         raw: their text, healed text removed.
         cancelled: ``should_stop`` returned True.
         truncated: ``limit`` was reached.
+        cut: the ``deadline`` (the request's time budget) passed before generation ended.
         drafted: tokens proposed by prompt lookup and checked by the model (tokens).
         accepted_drafts: drafted tokens the model agreed with (tokens).
     """
@@ -41,10 +44,12 @@ class Generation:
     opener: str | None
     limit: int
     should_stop: Callable[[], bool] | None = None
+    deadline: float | None = None
     generated: list[int] = field(default_factory=list)
     raw: str = ""
     cancelled: bool = False
     truncated: bool = False
+    cut: bool = False
     drafted: int = 0
     accepted_drafts: int = 0
 
@@ -57,7 +62,7 @@ class Generation:
         """Append a chosen token; False when generation ends here (the token may still be kept).
 
         Ends on a stop token (not kept), a newline in single-line mode, the end of the block
-        body, ``limit`` tokens (``truncated``) or ``should_stop`` (``cancelled``).
+        body, ``limit`` tokens (``truncated``), ``should_stop`` (``cancelled``) or the ``deadline`` (``cut``).
         """
         if tok in self.stop_ids:
             return False
@@ -76,7 +81,16 @@ class Generation:
         if self.should_stop is not None and self.should_stop():
             self.cancelled = True
             return False
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.cut = True
+            return False
         return True
+
+    @property
+    def complete_lines(self) -> str:
+        """:attr:`raw` up to and including its last newline: the lines a time budget cut keeps ("" for none)."""
+        end = self.raw.rfind("\n")
+        return self.raw[: end + 1] if end >= 0 else ""
 
     def accept_drafts(self, drafts: list[int], rows: Any, next_id: int,
                       pick: Callable[[Any, str], tuple[int, str]]) -> tuple[int, bool]:

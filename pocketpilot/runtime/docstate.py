@@ -9,8 +9,9 @@ rest at once. Documents are dropped least recently used first beyond a byte budg
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,28 +82,49 @@ class DocStates:
         self._docs.move_to_end(key)
         return state.text[len(typed) :]
 
-    def take_reusable(self, key: str | None, ids: list[int]) -> tuple[Any, int]:
+    def take_reusable(self, key: str | None, ids: list[int], anchor: int | None = None,
+                      max_gap: int = 0) -> Reuse:
         """Take the document's cache for a prompt, cropped to the tokens it shares with ``ids``.
 
         The document's state is removed (put it back with :meth:`remember`). At least the last
         prompt token is left to recompute, so the caller gets its logits.
 
+        With ``anchor`` (the index in ``ids`` where a movable chunk starts: the FIM suffix, from
+        its ``<fim_suffix>`` token to just before the last prompt token), the chunk is looked
+        for in the cached tokens after the common prefix too; when it is there unchanged, at
+        least :data:`MIN_MOVE` tokens long, and at most ``max_gap`` new tokens lie between the
+        common prefix and it, the result asks the caller to move it (the cache is then left
+        uncropped, for :meth:`pocketpilot.runtime.backends.Backend.splice`).
+
         Args:
             key: the document, or ``None`` for no reuse.
             ids: the new prompt's token ids.
+            anchor: start of the movable chunk in ``ids``, or ``None``.
+            max_gap: most new tokens allowed before a moved chunk (tokens).
 
         Returns:
-            ``(cache, reused)``: the cropped cache (``None`` when nothing is reusable) and the
-            count of leading prompt tokens whose keys/values it holds (tokens).
+            A :class:`Reuse`.
         """
         state = self._docs.pop(key, None) if key is not None else None
         if state is None:
-            return None, 0
+            return Reuse(None, 0)
         reused = min(common_prefix(state.ids, ids), len(ids) - 1)
+        if anchor is not None and 0 < reused < anchor and anchor - reused <= max_gap:
+            length = len(ids) - 1 - anchor
+            src = _find(state.ids, ids[anchor], reused)
+            if (length >= MIN_MOVE and src >= 0 and state.cache.get_seq_length() >= src + length
+                    and state.ids[src:src + length] == ids[anchor:anchor + length]):
+                return Reuse(state.cache, reused, src, length)
         if reused <= 0:
-            return None, 0
+            return Reuse(None, 0)
         crop_to(state.cache, reused)
-        return state.cache, reused
+        return Reuse(state.cache, reused)
+
+    def note_answer(self, key: str, prefix: str, suffix: str, text: str) -> None:
+        """Record the suggestion shown for ``prefix``/``suffix`` (for typed-ahead), keeping the KV state."""
+        state = self._docs.get(key)
+        if state is not None:
+            state.prefix, state.suffix, state.text = prefix, suffix, text
 
     def window_start(self, key: str, prefix: str, budget: int, tokenizer: Any) -> int:
         """Character offset where the document's prefix window starts, kept stable while it fits.
@@ -153,6 +175,36 @@ class DocStates:
         return total
 
 
+@dataclass
+class Reuse:
+    """What :meth:`DocStates.take_reusable` found reusable for a prompt.
+
+    Attributes:
+        cache: the document's cache (``None``: nothing reusable). Cropped to ``reused`` tokens
+            unless a chunk is to be moved.
+        reused: leading prompt tokens whose keys/values the cache holds (tokens).
+        move_src: position in the cache of a chunk to move after the new tokens (with ``move_len``).
+        move_len: length of that chunk (tokens); 0 = nothing to move.
+    """
+
+    cache: Any
+    reused: int
+    move_src: int = 0
+    move_len: int = 0
+
+
+#: shortest chunk worth moving instead of recomputing (tokens)
+MIN_MOVE = 4
+
+
+def _find(ids: list[int], token: int, start: int) -> int:
+    """Index of the first ``token`` in ``ids`` at or after ``start``, or -1."""
+    try:
+        return ids.index(token, start)
+    except ValueError:
+        return -1
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists (tokens)."""
     n = min(len(a), len(b))
@@ -160,3 +212,46 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+class Suggestions:
+    """Recent suggestions keyed by the context they were made for (least recently used dropped).
+
+    Accepting a suggestion that was computed ahead (the speculative next suggestion), or undoing
+    an edit and typing it again, finds the answer here without running the model.
+
+    Args:
+        size: most suggestions kept.
+    """
+
+    def __init__(self, size: int = 128) -> None:
+        self.size = size
+        self._kept: OrderedDict[bytes, str] = OrderedDict()
+
+    @staticmethod
+    def key(prefix: str, suffix: str, snippets: Sequence[str] = (), *extra: object) -> bytes:
+        """A digest of everything a prompt is built from: the prefix and suffix text that can enter
+        it, the snippets and ``extra`` (e.g. the token limit and whether a block may start)."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (prefix, suffix, *snippets, *map(repr, extra)):
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return h.digest()
+
+    def get(self, key: bytes) -> str | None:
+        """The suggestion kept for ``key`` (marked recently used), or ``None``."""
+        text = self._kept.get(key)
+        if text is not None:
+            self._kept.move_to_end(key)
+        return text
+
+    def put(self, key: bytes, text: str) -> None:
+        """Keep ``text`` as the suggestion for ``key``."""
+        self._kept[key] = text
+        self._kept.move_to_end(key)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._kept)

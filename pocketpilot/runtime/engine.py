@@ -19,15 +19,19 @@ from typing import Any
 import torch
 
 from pocketpilot.runtime.decoding import Generation, lookup_draft
-from pocketpilot.runtime.docstate import DocState, DocStates
+from pocketpilot.runtime.docstate import DocState, DocStates, Reuse, Suggestions
 from pocketpilot.runtime.healing import TokenHealer
 from pocketpilot.runtime.kvcache import crop_to
 from pocketpilot.runtime.loader import LoadedModel
 from pocketpilot.runtime.postprocess import block_opener, finalize, indentation, open_brackets
 from pocketpilot.runtime.settings import EngineSettings
+from pocketpilot.runtime.threads import FreeCores
 
 #: prompt tokens per forward pass during prefill; cancellation is polled between chunks
 PREFILL_CHUNK = 128
+#: prompt tokens per forward pass of a background warm-up: a user request waits at most one
+#: such chunk before the warm-up yields
+WARM_CHUNK = 32
 #: token spellings that end generation when the vocabulary has them
 STOP_TOKENS = ("<|endoftext|>", "<|file_sep|>", "<|fim_pad|>", "<|repo_name|>", "<file_sep>", "<|im_end|>")
 
@@ -56,6 +60,10 @@ class Completion:
         accepted_drafts: drafted tokens the model agreed with, each a decode step saved (tokens).
         block: the cursor started a block body, so the completion may span several lines.
         context_tokens: prompt tokens taken by snippets from other documents (tokens).
+        moved_tokens: of ``reused_tokens``, those whose cached keys were moved to new positions (tokens).
+        cut: decoding stopped at the time budget (``settings.max_latency_ms``); only complete lines are kept.
+        remembered: answered from the suggestion cache (a speculative or earlier suggestion) without the model.
+        threads: CPU threads the model ran with.
     """
 
     text: str
@@ -71,11 +79,20 @@ class Completion:
     accepted_drafts: int = 0
     block: bool = False
     context_tokens: int = 0
+    moved_tokens: int = 0
+    cut: bool = False
+    remembered: bool = False
+    threads: int = 0
 
     @property
     def total_ms(self) -> float:
         """Prefill plus decode time (ms)."""
         return self.prefill_ms + self.decode_ms
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens run through the model for this request (tokens): not reused, not answered ahead."""
+        return self.prompt_tokens - self.reused_tokens
 
 
 
@@ -109,6 +126,8 @@ class CompletionEngine:
     Attributes:
         healer: the :class:`TokenHealer` (off for FIM prompts).
         docs: per-document state, least recently used dropped beyond ``settings.kv_cache_mb``.
+        suggestions: recent suggestions keyed by their context (:class:`Suggestions`).
+        cores: measures the cores other programs leave free (``settings.threads`` 0).
         kv_bytes_per_token: bytes of keys + values per cached token (bytes).
     """
 
@@ -126,6 +145,8 @@ class CompletionEngine:
         self.healer = TokenHealer(self.tokenizer, special_ids, self.stop_ids, enabled=self.fim is None)
         self.kv_bytes_per_token = _kv_bytes_per_token(self.model.config, loaded.dtype)
         self.docs = DocStates(self.kv_bytes_per_token)
+        self.suggestions = Suggestions()
+        self.cores = FreeCores()
         self._decode_text = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
 
     @property
@@ -147,7 +168,8 @@ class CompletionEngine:
 
     def build_prompt(self, prefix: str, suffix: str, window_start: int | None = None,
                      context: Sequence[int] = ()) -> list[int]:
-        """Token ids of the prompt: FIM ``<prefix>CP<suffix>S<middle>`` or just ``CP``.
+        """Token ids of the prompt: FIM ``<prefix>CP<suffix>S<middle>`` (``settings.fim_layout`` psm or
+        psm-shift), ``<suffix>S<prefix>CP<middle>`` (spm), or just ``CP`` without FIM tokens.
 
         The prefix ``P`` keeps its last ``prefix_tokens`` tokens (or, with ``window_start``, the
         text from that character offset on) and the suffix ``S`` its first ``suffix_tokens``
@@ -164,6 +186,8 @@ class CompletionEngine:
             return p_ids or [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
         s_ids = self._encode(suffix[: s.suffix_tokens * 6])[: s.suffix_tokens] if s.suffix_tokens else []
         fp, fs, fm = self.fim
+        if s.fim_layout == "spm":
+            return [fs, *s_ids, fp, *p_ids, fm]
         return [fp, *p_ids, fs, *s_ids, fm]
 
     def pack_context(self, snippets: Sequence[str]) -> list[int]:
@@ -188,6 +212,7 @@ class CompletionEngine:
         language: str | None = None,
         snippets: Sequence[str] = (),
         allow_block: bool = True,
+        remember_answer: bool = True,
     ) -> Completion:
         """Complete the code at the cursor between ``prefix`` and ``suffix``.
 
@@ -206,42 +231,111 @@ class CompletionEngine:
             snippets: rendered snippets from other documents, best first; as many as fit
                 ``settings.context_tokens`` go before the prefix.
             allow_block: False keeps to one line even where a block body could start.
+            remember_answer: False (a speculative request) keeps the document's KV state but not this
+                answer as the suggestion the user sees (typed-ahead keeps matching the shown one); the
+                answer still goes to :attr:`suggestions`.
 
         Returns:
             A :class:`Completion`. Its text ends before the first newline unless the cursor starts
             a block body (a blank line after ``:`` in Python or ``{`` elsewhere) and
             ``settings.multiline`` is on; then it holds the body up to where the indentation
-            returns to the opener's level.
+            returns to the opener's level. With ``settings.max_latency_ms``, decoding stops when the
+            budget (counted from the call) is spent and only complete lines are kept (``cut``).
         """
         if should_stop is not None and should_stop():
             return Completion(text="", raw="", prompt_tokens=0, new_tokens=0, prefill_ms=0.0, decode_ms=0.0,
                               cancelled=True)
+        t0 = time.perf_counter()
         opener = block_opener(prefix, suffix, language) if self.settings.multiline and allow_block else None
         ahead = self.docs.typed_ahead(cache_key, prefix, suffix) if cache_key is not None else None
         if ahead is not None:
             return Completion(text=ahead, raw=ahead, prompt_tokens=0, new_tokens=0, prefill_ms=0.0, decode_ms=0.0,
                               typed_ahead=True)
+        s = self.settings
+        limit = max_new_tokens or (s.block_max_tokens if opener is not None else s.max_new_tokens)
+        key = self._suggestion_key(prefix, suffix, snippets, limit, opener is not None)
+        kept = self.suggestions.get(key)
+        if kept is not None:
+            if cache_key is not None and remember_answer:
+                self.docs.note_answer(cache_key, prefix, suffix, kept)
+            return Completion(text=kept, raw=kept, prompt_tokens=0, new_tokens=0, prefill_ms=0.0,
+                              decode_ms=(time.perf_counter() - t0) * 1e3, remembered=True)
+        threads = self._use_threads()
         prompt = self._prompt(prefix, suffix, cache_key, snippets)  # 1. prompt
-        t0 = time.perf_counter()
-        logits, cache, reused, fed = self._prefill(prompt.ids, cache_key, should_stop)  # 2. reuse, 3. prefill
         t1 = time.perf_counter()
-        done = {"prompt_tokens": len(prompt.ids), "prefill_ms": (t1 - t0) * 1e3, "reused_tokens": reused,
-                "block": opener is not None, "context_tokens": prompt.context_tokens}
+        logits, cache, reuse, fed = self._prefill(prompt.ids, cache_key, should_stop)  # 2. reuse, 3. prefill
+        t2 = time.perf_counter()
+        done = {"prompt_tokens": len(prompt.ids), "prefill_ms": (t2 - t1) * 1e3, "reused_tokens": reuse.reused,
+                "moved_tokens": reuse.move_len, "block": opener is not None,
+                "context_tokens": prompt.context_tokens, "threads": threads}
+        old = self.docs.get(cache_key) if cache_key is not None else None
         if logits is None:  # cancelled during the prefill
             self._keep(cache_key, DocState(prompt.ids[:fed], cache, prompt.window_start, prefix, suffix, ""))
             return Completion(text="", raw="", new_tokens=0, decode_ms=0.0, cancelled=True, **done)
-        s = self.settings
-        limit = max_new_tokens or (s.block_max_tokens if opener is not None else s.max_new_tokens)
+        deadline = t0 + s.max_latency_ms / 1000 if s.max_latency_ms else None
         gen = Generation(fed=list(prompt.ids), decode=self._decode_text, stop_ids=self.stop_ids,
                          healed=prompt.healed, line_prefix=prefix.rsplit("\n", 1)[-1], opener=opener,
-                         limit=limit, should_stop=should_stop)
-        cache = self._decode(gen, logits, cache)  # 4. decode
-        t2 = time.perf_counter()
+                         limit=limit, should_stop=should_stop, deadline=deadline)
+        if deadline is not None and t2 > deadline:
+            gen.cut = True  # the prefill alone spent the budget; its keys/values are kept
+        else:
+            cache = self._decode(gen, logits, cache)  # 4. decode
+        t3 = time.perf_counter()
         text = self._post_process(gen, prefix, suffix, language)  # 5. post-process
-        self._keep(cache_key, DocState(gen.fed, cache, prompt.window_start, prefix, suffix,
-                                       "" if gen.cancelled else text))
-        return Completion(text=text, raw=gen.raw, new_tokens=len(gen.generated), decode_ms=(t2 - t1) * 1e3,
-                          cancelled=gen.cancelled, drafted=gen.drafted, accepted_drafts=gen.accepted_drafts, **done)
+        if not (gen.cancelled or gen.cut):
+            self.suggestions.put(key, text)
+        shown = (prefix, suffix, "" if gen.cancelled else text)
+        if not remember_answer and old is not None:
+            shown = (old.prefix, old.suffix, old.text)
+        self._keep(cache_key, DocState(gen.fed, cache, prompt.window_start, *shown))
+        return Completion(text=text, raw=gen.raw, new_tokens=len(gen.generated), decode_ms=(t3 - t2) * 1e3,
+                          cancelled=gen.cancelled, cut=gen.cut, drafted=gen.drafted,
+                          accepted_drafts=gen.accepted_drafts, **done)
+
+    @torch.inference_mode()
+    def warm(self, prefix: str, suffix: str = "", *, cache_key: str, should_stop: Callable[[], bool] | None = None,
+             snippets: Sequence[str] = ()) -> int:
+        """Background warm-up: compute the keys/values of the prompt a request at this cursor would
+        have, without decoding, so that the request itself only prefills what changes.
+
+        Runs in chunks of :data:`WARM_CHUNK` tokens and polls ``should_stop`` between them
+        (a user request waiting pre-empts it within one chunk); what was computed is kept
+        for the document either way, within ``settings.kv_cache_mb``. The document's last
+        suggestion (for typed-ahead) is kept.
+
+        Returns:
+            Prompt tokens prefilled now (tokens; 0 when everything was cached or it was stopped at once).
+        """
+        if should_stop is not None and should_stop():
+            return 0
+        self._use_threads()
+        prompt = self._prompt(prefix, suffix, cache_key, snippets)
+        old = self.docs.get(cache_key)
+        ids = prompt.ids[:-1]  # the last prompt token is always recomputed by the request
+        if not ids:
+            return 0
+        reuse = self.docs.take_reusable(cache_key, ids + prompt.ids[-1:])
+        cache = reuse.cache if reuse.cache is not None else self.backend.new_cache()
+        pos = reuse.reused
+        while pos < len(ids) and not (should_stop is not None and should_stop()):
+            end = min(len(ids), pos + WARM_CHUNK)
+            _, cache = self._forward(ids[pos:end], cache, keep=1)
+            pos = end
+        shown = (old.prefix, old.suffix, old.text) if old is not None else (prefix, suffix, "")
+        self._keep(cache_key, DocState(ids[:pos], cache, prompt.window_start, *shown))
+        return pos - reuse.reused
+
+    def _suggestion_key(self, prefix: str, suffix: str, snippets: Sequence[str], limit: int, block: bool) -> bytes:
+        """:meth:`Suggestions.key` over the text that can enter this request's prompt."""
+        s = self.settings
+        return Suggestions.key(prefix[-s.prefix_tokens * 6:], suffix[: s.suffix_tokens * 6] if self.fim else "",
+                               snippets, limit, block, s.fim_layout)
+
+    def _use_threads(self) -> int:
+        """Set the backend's threads from ``settings.threads`` or, for 0, the cores free now; returns them."""
+        threads = self.settings.threads or self.cores.threads()
+        self.backend.set_threads(threads)
+        return threads
 
     def _prompt(self, prefix: str, suffix: str, cache_key: str | None, snippets: Sequence[str]) -> _Prompt:
         """Step 1: the prompt's token ids (document window, snippets, FIM layout), token-healed."""
@@ -259,30 +353,40 @@ class CompletionEngine:
     @torch.inference_mode()
     def _prefill(
         self, ids: list[int], cache_key: str | None, should_stop: Callable[[], bool] | None = None
-    ) -> tuple[torch.Tensor | None, Any, int, int]:
+    ) -> tuple[torch.Tensor | None, Any, Reuse, int]:
         """Steps 2 and 3: reuse the document's cached keys/values, then run the rest of the prompt.
 
         New tokens go through in chunks of :data:`PREFILL_CHUNK`; ``should_stop`` is polled
         between chunks. At least the last prompt token is always recomputed. The document's
-        state is taken out of :attr:`docs`; :meth:`complete` puts the new one back.
+        state is taken out of :attr:`docs`; :meth:`complete` puts the new one back. With
+        ``settings.fim_layout`` psm-shift, a FIM suffix that only moved (the user typed in the
+        prefix) keeps its cached keys/values, moved to the new positions
+        (:meth:`pocketpilot.runtime.backends.Backend.splice`).
 
         Returns:
-            ``(logits, cache, reused, fed)``: ``logits`` [vocab] of the last prompt token (``None``
-            if cancelled), the cache, the count of prompt tokens taken from the document's cache,
-            and the count of prompt tokens whose keys/values are now in ``cache`` (tokens).
+            ``(logits, cache, reuse, fed)``: ``logits`` [vocab] of the last prompt token (``None``
+            if cancelled), the cache, the :class:`Reuse` found (``reused`` counts moved tokens
+            too), and the count of prompt tokens whose keys/values are now in ``cache`` (tokens).
         """
-        cache, reused = self.docs.take_reusable(cache_key, ids)
-        pos = reused
+        anchor = None
+        if self.fim is not None and self.settings.fim_layout == "psm-shift" and self.backend.can_shift:
+            anchor = _index(ids, self.fim[1])
+        reuse = self.docs.take_reusable(cache_key, ids, anchor, max_gap=PREFILL_CHUNK)
+        cache, pos = reuse.cache, reuse.reused
         if cache is None:
             cache = self.backend.new_cache()
+        if reuse.move_len:
+            cache = self.backend.splice(cache, reuse.reused, ids[reuse.reused:anchor], reuse.move_src, reuse.move_len)
+            pos = anchor + reuse.move_len
+            reuse = Reuse(cache, reuse.reused + reuse.move_len, reuse.move_src, reuse.move_len)
         while True:
             end = min(len(ids), pos + PREFILL_CHUNK)
             rows, cache = self._forward(ids[pos:end], cache, keep=1)
             pos = end
             if pos == len(ids):
-                return rows[-1], cache, reused, pos
+                return rows[-1], cache, reuse, pos
             if should_stop is not None and should_stop():
-                return None, cache, reused, pos
+                return None, cache, reuse, pos
 
     def _decode(self, gen: Generation, logits: torch.Tensor, cache: Any) -> Any:
         """Step 4: greedy decoding from the prompt's last ``logits`` [vocab] until ``gen`` ends.
@@ -306,15 +410,25 @@ class CompletionEngine:
         return cache
 
     def _post_process(self, gen: Generation, prefix: str, suffix: str, language: str | None) -> str:
-        """Step 5: the text to insert, from the decoded text (see :func:`finalize`)."""
+        """Step 5: the text to insert, from the decoded text (see :func:`finalize`); after a time
+        budget cut, from its complete lines only."""
         tail = prefix[-4000:]
-        return finalize(gen.raw, gen.line_prefix, suffix, still_open=open_brackets(tail, language),
+        raw = gen.complete_lines if gen.cut else gen.raw
+        return finalize(raw, gen.line_prefix, suffix, still_open=open_brackets(tail, language),
                         opener_indent=gen.opener, uses_tabs=_uses_tabs(tail), truncated=gen.truncated)
 
     def _keep(self, cache_key: str | None, state: DocState) -> None:
         """Remember a document's state for its next request (nothing without a ``cache_key``)."""
         if cache_key is not None and state.cache is not None:
             self.docs.remember(cache_key, state, self.settings.kv_cache_mb * 1_000_000)
+
+
+def _index(ids: list[int], token: int) -> int | None:
+    """Index of the first ``token`` in ``ids``, or ``None``."""
+    try:
+        return ids.index(token)
+    except ValueError:
+        return None
 
 
 def _fim_ids(vocab: dict[str, int]) -> tuple[int, int, int] | None:

@@ -90,6 +90,26 @@ class LlamaContext:
         """Drop the keys/values of positions ``pos`` and later."""
         self.lib.llama_memory_seq_rm(self._mem, 0, pos, -1)
 
+    def remove_range(self, start: int, end: int) -> None:
+        """Drop the keys/values of positions ``start`` .. ``end - 1``."""
+        if end > start:
+            self.lib.llama_memory_seq_rm(self._mem, 0, start, end)
+
+    @property
+    def can_shift(self) -> bool:
+        """True when the context can move cached keys to other positions (``llama_memory_can_shift``)."""
+        can = getattr(self.lib, "llama_memory_can_shift", None)
+        return bool(can is not None and hasattr(self.lib, "llama_memory_seq_add") and can(self._mem))
+
+    def shift(self, start: int, end: int, delta: int) -> None:
+        """Move the keys/values of positions ``start`` .. ``end - 1`` by ``delta`` positions
+        (``llama_memory_seq_add``: llama.cpp re-rotates the keys at its next decode)."""
+        self.lib.llama_memory_seq_add(self._mem, 0, start, end, delta)
+
+    def set_threads(self, threads: int) -> None:
+        """Threads for decode and prompt batches from the next call on (``llama_set_n_threads``)."""
+        self.lib.llama_set_n_threads(self.llm.ctx, threads, threads)
+
     def decode(self, ids: list[int], start: int, keep: int) -> np.ndarray | None:
         """Run ``ids`` at positions ``start``... (at most :data:`N_BATCH`); logits ``[keep, vocab]`` or ``None`` if ``keep`` is 0.
 
@@ -148,6 +168,7 @@ class LlamaCppModel:
     def __init__(self, gguf: Path, config: Any, context: LlamaContext) -> None:
         self.gguf, self.config, self.context = gguf, config, context
         self.held: list[int] = []
+        self._threads: int | None = None
 
     def new_cache(self) -> LlamaSeq:
         """An empty :class:`LlamaSeq`."""
@@ -177,7 +198,45 @@ class LlamaCppModel:
         self._run(target[common:], keep=0)
         logits = self._run(list(ids), keep=keep)
         cache.tokens = list(self.held)
-        return torch.from_numpy(logits), cache
+        return (torch.from_numpy(logits) if logits is not None else torch.empty(0)), cache
+
+    def set_threads(self, threads: int) -> None:
+        """See :meth:`pocketpilot.runtime.backends.Backend.set_threads`."""
+        if threads != self._threads:
+            self.context.set_threads(threads)
+            self._threads = threads
+
+    @property
+    def can_shift(self) -> bool:
+        """See :meth:`pocketpilot.runtime.backends.Backend.can_shift` (asked of the context)."""
+        return bool(getattr(self.context, "can_shift", False))
+
+    def splice(self, cache: LlamaSeq, keep: int, middle: list[int], src: int, length: int) -> LlamaSeq:
+        """See :meth:`pocketpilot.runtime.backends.Backend.splice`, done in place in llama.cpp's
+        sequence: positions ``keep .. src - 1`` and from ``src + length`` on are removed, the chunk is
+        shifted by the delta (its cells keep their place; llama.cpp masks by position), then
+        ``middle`` is decoded at positions ``keep``... .
+
+        Raises:
+            NotImplementedError: :attr:`can_shift` is False.
+        """
+        if not self.can_shift:
+            raise NotImplementedError("this llama.cpp context cannot shift cached keys")
+        self.forward([], cache, keep=0)  # bring the context to cache.tokens
+        chunk = self.held[src:src + length]
+        delta = keep + len(middle) - src
+        self.context.remove_range(keep, src)
+        self.context.remove_from(src + length)
+        if delta:
+            self.context.shift(src, src + length, delta)
+        del self.held[keep:]
+        for i in range(0, len(middle), N_BATCH):
+            part = middle[i:i + N_BATCH]
+            self.context.decode(part, keep + i, 0)
+        self.held.extend(middle)
+        self.held.extend(chunk)
+        cache.tokens = list(self.held)
+        return cache
 
     def _run(self, ids: list[int], keep: int) -> np.ndarray | None:
         """Append ``ids`` to the context in batches of :data:`N_BATCH`; logits of the last ``keep``."""

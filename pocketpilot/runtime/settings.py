@@ -27,11 +27,12 @@ class Setting:
     Attributes:
         name: Python field name (snake_case).
         key: client key (camelCase): ``initializationOptions`` and ``pocketpilot.<key>`` in VS Code.
-        type: the Python type: ``int``, ``bool`` or ``str | None``.
+        type: the Python type: ``int``, ``bool``, ``str`` (one of ``choices``) or ``str | None``.
         default: value used when the setting is absent or bad.
         minimum: smallest accepted value (integers only); ``None`` = no lower bound.
         maximum: largest accepted value (integers only); ``None`` = no upper bound.
         description: one or two user-facing sentences, with units (Markdown).
+        choices: the accepted values of a ``str`` setting (JSON schema ``enum``); ``None`` otherwise.
     """
 
     name: str
@@ -41,6 +42,7 @@ class Setting:
     minimum: int | None
     maximum: int | None
     description: str
+    choices: tuple[str, ...] | None = None
 
     @property
     def json_type(self) -> str | list[str]:
@@ -53,9 +55,11 @@ class Setting:
             return "boolean"
         if self.type is int:
             return "integer"
+        if self.type is str and self.choices:
+            return "string"
         if self.type == (str | None):
             return ["string", "null"]
-        raise TypeError(f"setting {self.name}: type {self.type!r} has no JSON-schema type; use int, bool or str | None")
+        raise TypeError(f"setting {self.name}: type {self.type!r} has no JSON-schema type; use int, bool, str with choices or str | None")
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable (e.g. ``"must be an integer >= 1"``), or ``None`` if it is."""
@@ -66,6 +70,8 @@ class Setting:
             high = self.maximum if self.maximum is not None else float("inf")
             ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
             return None if ok else "must be an integer" + self.bounds_text()
+        if self.choices:
+            return None if value in self.choices else "must be one of " + ", ".join(map(repr, self.choices))
         return None if value is None or isinstance(value, str) else "must be a string or null"
 
     def bounds_text(self) -> str:
@@ -81,12 +87,15 @@ def camel(name: str) -> str:
     return head + "".join(w.title() for w in rest)
 
 
-def setting(default: Any, description: str, *, minimum: int | None = None, maximum: int | None = None) -> Any:
-    """A dataclass field declaring one setting: its default, bounds (integers) and description.
+def setting(default: Any, description: str, *, minimum: int | None = None, maximum: int | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field declaring one setting: its default, bounds (integers) or choices (strings)
+    and description.
 
     The name, key and type come from the field itself when :func:`schema` reads the class.
     """
-    facts = {"default": default, "minimum": minimum, "maximum": maximum, "description": description}
+    facts = {"default": default, "minimum": minimum, "maximum": maximum, "description": description,
+             "choices": choices}
     return dataclasses.field(default=default, metadata={META_KEY: facts})
 
 
@@ -142,3 +151,13 @@ class EngineSettings(_Validated):
     draft_tokens: int = setting(8, "Speculative decoding: tokens guessed from earlier code and checked by the "
                                    "model in one step; same suggestions, fewer steps. 0 turns it off.",
                                 minimum=0, maximum=15)
+    # the layout is the FIM prompt's; reuse of the suffix while typing depends on it (docs/results.md)
+    fim_layout: str = setting("psm-shift", "Fill-in-the-middle prompt order: `psm` (prefix, suffix, middle: the "
+                                           "suffix is recomputed after each keystroke), `psm-shift` (the same, with "
+                                           "the suffix's cached keys moved to their new positions, as llama.cpp's "
+                                           "cache reuse does) or `spm` (suffix first: typing only appends).",
+                              choices=("psm", "psm-shift", "spm"))
+    max_latency_ms: int = setting(0, "Time budget per suggestion (ms): decoding stops when it is spent and only the "
+                                     "complete lines so far are shown. 0 = no limit.", minimum=0)
+    threads: int = setting(0, "CPU threads for the model; 0 = adapt at each request to the cores other programs "
+                              "leave free (never more than this process may use).", minimum=0)

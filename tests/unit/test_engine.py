@@ -111,9 +111,9 @@ def test_kv_prefix_reuse_gives_the_same_logits_as_a_full_prefill(tiny_teacher, m
     assert first.reused_tokens == 0 and first.text == " = x"
     prompt = engine.build_prompt("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y", "",
                                  window_start=0)
-    reused_logits, _, reused, fed = engine._prefill(prompt, "doc")
-    fresh_logits, _, none, _ = engine._prefill(prompt, None)
-    assert none == 0 and reused > len(prompt) // 2 and fed == len(prompt)
+    reused_logits, _, reuse, fed = engine._prefill(prompt, "doc")
+    fresh_logits, _, fresh, _ = engine._prefill(prompt, None)
+    assert fresh.reused == 0 and reuse.reused > len(prompt) // 2 and fed == len(prompt)
     assert torch.allclose(reused_logits, fresh_logits, atol=1e-4), (reused_logits - fresh_logits).abs().max()
     monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 5)  # chunked prefill: same logits
     chunked_logits, _, _, _ = engine._prefill(prompt, None)
@@ -158,7 +158,7 @@ def test_prefix_window_start_is_stable_and_lru_is_bounded(tiny_teacher):
     lru = CompletionEngine(loaded, EngineSettings(kv_cache_mb=1))
     lru.settings = EngineSettings(kv_cache_mb=max(1, int(one_doc)))
     for key in ("a", "b", "c"):
-        lru.complete(text, "", cache_key=key)
+        lru.complete(f"# {key}\n" + text, "", cache_key=key)  # distinct texts: no suggestion-cache hit
     assert list(lru.docs)[-1] == "c" and lru.cached_bytes <= lru.settings.kv_cache_mb * 1_000_000
 
 

@@ -33,6 +33,9 @@ class TorchContext:
     def remove_from(self, pos):
         crop_to(self.cache, pos)
 
+    def set_threads(self, threads):
+        self.threads = threads
+
     @torch.inference_mode()
     def decode(self, ids, start, keep):
         assert start == self.cache.get_seq_length(), "positions must continue the sequence"

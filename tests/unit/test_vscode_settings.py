@@ -34,6 +34,7 @@ def test_every_server_setting_is_contributed_with_the_schema_facts(s):
     assert prop["type"] == s.json_type, f"{key}: type {prop['type']!r}, schema has {s.json_type!r}"
     assert prop["default"] == s.default and type(prop["default"]) is type(s.default), \
         f"{key}: default {prop['default']!r}, schema has {s.default!r}"
+    assert prop.get("enum") == (list(s.choices) if s.choices else None), f"{key}: enum differs from the choices"
     for bound in ("minimum", "maximum"):
         assert prop.get(bound) == getattr(s, bound), f"{key}: {bound} {prop.get(bound)!r}, schema has {getattr(s, bound)!r}"
     text = prop.get("markdownDescription", prop.get("description"))
@@ -55,5 +56,5 @@ def test_the_engine_settings_are_the_servers_with_the_same_facts():
     """The server declares only its own settings; the engine's come from the runtime, once."""
     engine = schema(EngineSettings)
     assert SCHEMA[: len(engine)] == engine
-    assert [s.name for s in SCHEMA[len(engine):]] == ["artifact", "debounce_ms"]
+    assert [s.name for s in SCHEMA[len(engine):]] == ["artifact", "debounce_ms", "warm_up", "speculate"]
     assert all(s.default == getattr(EngineSettings(), s.name) for s in engine)

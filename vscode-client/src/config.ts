@@ -17,6 +17,7 @@ export interface SettingSchema {
   default: unknown;
   minimum?: number;
   maximum?: number;
+  enum?: string[];
 }
 export type SettingValue = string | number | boolean | null;
 /** What the server receives: camelCase server setting -> value. */
@@ -86,11 +87,15 @@ function checkValue(key: string, s: SettingSchema, value: unknown): { value: Set
     return ok ? { value } : { reason: `must be an integer${boundsText(s)}` };
   }
   if (type === '"boolean"') return typeof value === "boolean" ? { value } : { reason: "must be true or false" };
+  if (type === '"string"' && s.enum) {
+    const ok = typeof value === "string" && s.enum.includes(value);
+    return ok ? { value } : { reason: `must be one of ${s.enum.map((c) => JSON.stringify(c)).join(", ")}` };
+  }
   if (type === '["string","null"]') {
     if (typeof value !== "string") return { reason: "must be a string" };
     return { value: value.trim() === "" ? null : value.trim() };
   }
-  throw new Error(`pocketpilot.${key}: package.json type ${type} is not checked by the client; use integer, boolean or [string, null]`);
+  throw new Error(`pocketpilot.${key}: package.json type ${type} is not checked by the client; use integer, boolean, string with enum or [string, null]`);
 }
 
 /**
