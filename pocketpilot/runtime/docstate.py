@@ -29,6 +29,8 @@ class DocState:
         prefix: text before the cursor of the last request.
         suffix: text after the cursor of the last request.
         text: the completion it got ("" when cancelled).
+        stale: prompt tokens inserted or removed before the FIM suffix since the suffix's cached
+            keys/values were computed (they were moved since, not recomputed; tokens).
     """
 
     ids: list[int]
@@ -37,6 +39,7 @@ class DocState:
     prefix: str
     suffix: str
     text: str
+    stale: int = 0
 
 
 class DocStates:
@@ -83,7 +86,7 @@ class DocStates:
         return state.text[len(typed) :]
 
     def take_reusable(self, key: str | None, ids: list[int], anchor: int | None = None,
-                      max_gap: int = 0) -> Reuse:
+                      max_stale: int = 0) -> Reuse:
         """Take the document's cache for a prompt, cropped to the tokens it shares with ``ids``.
 
         The document's state is removed (put it back with :meth:`remember`). At least the last
@@ -91,16 +94,17 @@ class DocStates:
 
         With ``anchor`` (the index in ``ids`` where a movable chunk starts: the FIM suffix, from
         its ``<fim_suffix>`` token to just before the last prompt token), the chunk is looked
-        for in the cached tokens after the common prefix too; when it is there unchanged, at
-        least :data:`MIN_MOVE` tokens long, and at most ``max_gap`` new tokens lie between the
-        common prefix and it, the result asks the caller to move it (the cache is then left
-        uncropped, for :meth:`pocketpilot.runtime.backends.Backend.splice`).
+        for in the cached tokens after the common prefix too; when it is there unchanged and at
+        least :data:`MIN_MOVE` tokens long, the result asks the caller to move it (the cache is
+        then left uncropped, for :meth:`pocketpilot.runtime.backends.Backend.splice`), unless
+        its keys/values would then be staler than ``max_stale`` tokens (tokens inserted plus
+        removed before it since they were computed): then it is recomputed.
 
         Args:
             key: the document, or ``None`` for no reuse.
             ids: the new prompt's token ids.
             anchor: start of the movable chunk in ``ids``, or ``None``.
-            max_gap: most new tokens allowed before a moved chunk (tokens).
+            max_stale: most staleness allowed for a moved chunk (tokens); 0 = never move.
 
         Returns:
             A :class:`Reuse`.
@@ -109,12 +113,14 @@ class DocStates:
         if state is None:
             return Reuse(None, 0)
         reused = min(common_prefix(state.ids, ids), len(ids) - 1)
-        if anchor is not None and 0 < reused < anchor and anchor - reused <= max_gap:
+        if anchor is not None and 0 < reused < anchor:
             length = len(ids) - 1 - anchor
             src = _find(state.ids, ids[anchor], reused)
-            if (length >= MIN_MOVE and src >= 0 and state.cache.get_seq_length() >= src + length
+            stale = state.stale + (anchor - reused) + (src - reused)
+            if (length >= MIN_MOVE and src >= 0 and stale <= max_stale
+                    and state.cache.get_seq_length() >= src + length
                     and state.ids[src:src + length] == ids[anchor:anchor + length]):
-                return Reuse(state.cache, reused, src, length)
+                return Reuse(state.cache, reused, src, length, stale)
         if reused <= 0:
             return Reuse(None, 0)
         crop_to(state.cache, reused)
@@ -185,12 +191,14 @@ class Reuse:
         reused: leading prompt tokens whose keys/values the cache holds (tokens).
         move_src: position in the cache of a chunk to move after the new tokens (with ``move_len``).
         move_len: length of that chunk (tokens); 0 = nothing to move.
+        stale: the moved chunk's staleness after the move (see :attr:`DocState.stale`; tokens).
     """
 
     cache: Any
     reused: int
     move_src: int = 0
     move_len: int = 0
+    stale: int = 0
 
 
 #: shortest chunk worth moving instead of recomputing (tokens)

@@ -29,6 +29,10 @@ from pocketpilot.runtime.threads import FreeCores
 
 #: prompt tokens per forward pass during prefill; cancellation is polled between chunks
 PREFILL_CHUNK = 128
+#: most staleness of a moved FIM suffix (tokens typed or deleted before it since its keys/values
+#: were computed) before it is recomputed instead; the ES cost of moving is measured at this
+#: distance (docs/results.md)
+MAX_STALE = 32
 #: prompt tokens per forward pass of a background warm-up: a user request waits at most one
 #: such chunk before the warm-up yields
 WARM_CHUNK = 32
@@ -262,15 +266,16 @@ class CompletionEngine:
                               decode_ms=(time.perf_counter() - t0) * 1e3, remembered=True)
         threads = self._use_threads()
         prompt = self._prompt(prefix, suffix, cache_key, snippets)  # 1. prompt
+        old = self.docs.get(cache_key) if cache_key is not None else None  # _prefill takes it out
         t1 = time.perf_counter()
         logits, cache, reuse, fed = self._prefill(prompt.ids, cache_key, should_stop)  # 2. reuse, 3. prefill
         t2 = time.perf_counter()
         done = {"prompt_tokens": len(prompt.ids), "prefill_ms": (t2 - t1) * 1e3, "reused_tokens": reuse.reused,
                 "moved_tokens": reuse.move_len, "block": opener is not None,
                 "context_tokens": prompt.context_tokens, "threads": threads}
-        old = self.docs.get(cache_key) if cache_key is not None else None
         if logits is None:  # cancelled during the prefill
-            self._keep(cache_key, DocState(prompt.ids[:fed], cache, prompt.window_start, prefix, suffix, ""))
+            self._keep(cache_key, DocState(prompt.ids[:fed], cache, prompt.window_start, prefix, suffix, "",
+                                           reuse.stale))
             return Completion(text="", raw="", new_tokens=0, decode_ms=0.0, cancelled=True, **done)
         deadline = t0 + s.max_latency_ms / 1000 if s.max_latency_ms else None
         gen = Generation(fed=list(prompt.ids), decode=self._decode_text, stop_ids=self.stop_ids,
@@ -287,7 +292,7 @@ class CompletionEngine:
         shown = (prefix, suffix, "" if gen.cancelled else text)
         if not remember_answer and old is not None:
             shown = (old.prefix, old.suffix, old.text)
-        self._keep(cache_key, DocState(gen.fed, cache, prompt.window_start, *shown))
+        self._keep(cache_key, DocState(gen.fed, cache, prompt.window_start, *shown, reuse.stale))
         return Completion(text=text, raw=gen.raw, new_tokens=len(gen.generated), decode_ms=(t3 - t2) * 1e3,
                           cancelled=gen.cancelled, cut=gen.cut, drafted=gen.drafted,
                           accepted_drafts=gen.accepted_drafts, **done)
@@ -371,14 +376,14 @@ class CompletionEngine:
         anchor = None
         if self.fim is not None and self.settings.fim_layout == "psm-shift" and self.backend.can_shift:
             anchor = _index(ids, self.fim[1])
-        reuse = self.docs.take_reusable(cache_key, ids, anchor, max_gap=PREFILL_CHUNK)
+        reuse = self.docs.take_reusable(cache_key, ids, anchor, max_stale=MAX_STALE)
         cache, pos = reuse.cache, reuse.reused
         if cache is None:
             cache = self.backend.new_cache()
         if reuse.move_len:
             cache = self.backend.splice(cache, reuse.reused, ids[reuse.reused:anchor], reuse.move_src, reuse.move_len)
             pos = anchor + reuse.move_len
-            reuse = Reuse(cache, reuse.reused + reuse.move_len, reuse.move_src, reuse.move_len)
+            reuse = Reuse(cache, reuse.reused + reuse.move_len, reuse.move_src, reuse.move_len, reuse.stale)
         while True:
             end = min(len(ids), pos + PREFILL_CHUNK)
             rows, cache = self._forward(ids[pos:end], cache, keep=1)

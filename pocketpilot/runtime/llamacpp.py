@@ -39,6 +39,17 @@ N_CTX = 4096
 N_BATCH = 512
 
 
+_backend_ready = False
+
+
+def _backend_init(lib: Any) -> None:
+    """``llama_backend_init`` once per process."""
+    global _backend_ready
+    if not _backend_ready:
+        lib.llama_backend_init()
+        _backend_ready = True
+
+
 def import_llama_cpp() -> Any:
     """The ``llama_cpp`` module.
 
@@ -70,30 +81,41 @@ class LlamaContext:
     """
 
     def __init__(self, gguf: Path, n_ctx: int = N_CTX, threads: int | None = None) -> None:
-        self.lib = import_llama_cpp()
-        try:
-            self.llm = self.lib.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=N_BATCH, n_threads=threads,
-                                      n_threads_batch=threads, verbose=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ArtifactError(f"llama.cpp cannot load {gguf}: {str(exc).splitlines()[0]}") from None
-        self.n_vocab = int(self.llm.n_vocab())
-        self.n_ctx = int(self.llm.n_ctx())
-        self._mem = self.lib.llama_get_memory(self.llm.ctx)
-        self._batch = self.lib.llama_batch_init(N_BATCH, 0, 1)
+        self.lib = lib = import_llama_cpp()
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback reads this level
+        _backend_init(lib)
+        self.model = lib.llama_model_load_from_file(str(gguf).encode(), lib.llama_model_default_params())
+        if not self.model:
+            raise ArtifactError(f"llama.cpp cannot load {gguf}: not a GGUF file it reads; rebuild the artifact "
+                                f"with `pocketpilot compress --force`")
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, N_BATCH, N_BATCH
+        params.n_threads = params.n_threads_batch = threads or default_threads()
+        params.n_seq_max, params.kv_unified = 2, True  # sequence 1 holds a chunk while it moves (see shift_chunk)
+        self.ctx = lib.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            lib.llama_model_free(self.model)
+            self.model = None
+            raise ArtifactError(f"llama.cpp cannot make a context of {n_ctx} tokens for {gguf} (out of memory?)")
+        self.n_vocab = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model)))
+        self.n_ctx = int(lib.llama_n_ctx(self.ctx))
+        self._mem = lib.llama_get_memory(self.ctx)
+        self._batch = lib.llama_batch_init(N_BATCH, 0, 1)
 
     def __del__(self):
-        batch, lib = getattr(self, "_batch", None), getattr(self, "lib", None)
-        if batch is not None and lib is not None:
-            lib.llama_batch_free(batch)
+        lib = getattr(self, "lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+        if getattr(self, "ctx", None):
+            lib.llama_free(self.ctx)
+        if getattr(self, "model", None):
+            lib.llama_model_free(self.model)
 
     def remove_from(self, pos: int) -> None:
         """Drop the keys/values of positions ``pos`` and later."""
         self.lib.llama_memory_seq_rm(self._mem, 0, pos, -1)
-
-    def remove_range(self, start: int, end: int) -> None:
-        """Drop the keys/values of positions ``start`` .. ``end - 1``."""
-        if end > start:
-            self.lib.llama_memory_seq_rm(self._mem, 0, start, end)
 
     @property
     def can_shift(self) -> bool:
@@ -101,14 +123,35 @@ class LlamaContext:
         can = getattr(self.lib, "llama_memory_can_shift", None)
         return bool(can is not None and hasattr(self.lib, "llama_memory_seq_add") and can(self._mem))
 
-    def shift(self, start: int, end: int, delta: int) -> None:
-        """Move the keys/values of positions ``start`` .. ``end - 1`` by ``delta`` positions
-        (``llama_memory_seq_add``: llama.cpp re-rotates the keys at its next decode)."""
-        self.lib.llama_memory_seq_add(self._mem, 0, start, end, delta)
+    def move_chunk(self, keep: int, src: int, length: int, middle: list[int]) -> None:
+        """Keep positions ``< keep``, decode ``middle`` at ``keep``..., then put the cached chunk that
+        was at ``src .. src + length - 1`` right after it.
+
+        llama.cpp requires a sequence's new tokens to continue its highest position, so the chunk
+        waits in sequence 1 while ``middle`` is decoded (``llama_memory_seq_cp`` shares cells of a
+        unified cache, nothing is copied), is shifted there by the delta (``llama_memory_seq_add``:
+        keys are re-rotated at the next decode) and comes back to sequence 0.
+
+        Raises:
+            RuntimeError: llama_decode failed.
+        """
+        lib, mem = self.lib, self._mem
+        lib.llama_memory_seq_rm(mem, 1, -1, -1)
+        lib.llama_memory_seq_cp(mem, 0, 1, src, src + length)
+        lib.llama_memory_seq_rm(mem, 0, keep, -1)
+        try:
+            for i in range(0, len(middle), N_BATCH):
+                self.decode(middle[i:i + N_BATCH], keep + i, 0)
+        finally:
+            delta = keep + len(middle) - src
+            if delta:
+                lib.llama_memory_seq_add(mem, 1, src, src + length, delta)
+            lib.llama_memory_seq_cp(mem, 1, 0, src + delta, src + delta + length)
+            lib.llama_memory_seq_rm(mem, 1, -1, -1)
 
     def set_threads(self, threads: int) -> None:
         """Threads for decode and prompt batches from the next call on (``llama_set_n_threads``)."""
-        self.lib.llama_set_n_threads(self.llm.ctx, threads, threads)
+        self.lib.llama_set_n_threads(self.ctx, threads, threads)
 
     def decode(self, ids: list[int], start: int, keep: int) -> np.ndarray | None:
         """Run ``ids`` at positions ``start``... (at most :data:`N_BATCH`); logits ``[keep, vocab]`` or ``None`` if ``keep`` is 0.
@@ -125,12 +168,12 @@ class LlamaContext:
             b.seq_id[i][0] = 0
             b.logits[i] = i >= n - keep
         b.n_tokens = n
-        rc = self.lib.llama_decode(self.llm.ctx, b)
+        rc = self.lib.llama_decode(self.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} for {n} tokens at position {start}")
         if not keep:
             return None
-        rows = [np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.llm.ctx, i), shape=(self.n_vocab,))
+        rows = [np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
                 for i in range(n - keep, n)]
         return np.stack(rows)  # copies out of llama.cpp's buffer
 
@@ -212,10 +255,8 @@ class LlamaCppModel:
         return bool(getattr(self.context, "can_shift", False))
 
     def splice(self, cache: LlamaSeq, keep: int, middle: list[int], src: int, length: int) -> LlamaSeq:
-        """See :meth:`pocketpilot.runtime.backends.Backend.splice`, done in place in llama.cpp's
-        sequence: positions ``keep .. src - 1`` and from ``src + length`` on are removed, the chunk is
-        shifted by the delta (its cells keep their place; llama.cpp masks by position), then
-        ``middle`` is decoded at positions ``keep``... .
+        """See :meth:`pocketpilot.runtime.backends.Backend.splice`, done in llama.cpp's cache
+        (:meth:`LlamaContext.move_chunk`).
 
         Raises:
             NotImplementedError: :attr:`can_shift` is False.
@@ -224,15 +265,8 @@ class LlamaCppModel:
             raise NotImplementedError("this llama.cpp context cannot shift cached keys")
         self.forward([], cache, keep=0)  # bring the context to cache.tokens
         chunk = self.held[src:src + length]
-        delta = keep + len(middle) - src
-        self.context.remove_range(keep, src)
-        self.context.remove_from(src + length)
-        if delta:
-            self.context.shift(src, src + length, delta)
         del self.held[keep:]
-        for i in range(0, len(middle), N_BATCH):
-            part = middle[i:i + N_BATCH]
-            self.context.decode(part, keep + i, 0)
+        self.context.move_chunk(keep, src, length, middle)
         self.held.extend(middle)
         self.held.extend(chunk)
         cache.tokens = list(self.held)
