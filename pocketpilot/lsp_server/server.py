@@ -29,6 +29,11 @@ log = logging.getLogger("pocketpilot.server")
 
 COMPRESS_COMMAND = "pocketpilot.compress"
 STATUS_NOTIFICATION = "pocketpilot/status"
+#: client -> server: ``{textDocument: {uri}, position}`` when an editor gains focus (or opens), so
+#: the server can warm that document up at the cursor before the first request
+FOCUS_NOTIFICATION = "pocketpilot/didFocus"
+#: quiet time after a change before the document is warmed up at the changed position (s)
+WARM_PAUSE_S = 0.3
 
 
 class PocketPilotServer(LanguageServer):
@@ -47,6 +52,11 @@ class PocketPilotServer(LanguageServer):
         self.last_cache_hit: bool | None = None
         self.last_reused_tokens: int | None = None
         self.last_typed_ahead: bool | None = None
+        self.last: dict = {}  # figures of the last completion for the status notification
+        self._waiting = 0  # user requests submitted to the inference thread and not yet started
+        self._waiting_lock = threading.Lock()
+        self._idle: dict[str, int] = {}  # document URI -> ticket of its newest background job
+        self._pause: dict[str, asyncio.TimerHandle] = {}  # document URI -> pending warm-up after typing
         self._tickets = itertools.count(1)
         self.latest: dict[str, int] = {}  # document URI -> number of its newest completion request
         self._snippets: dict[str, tuple[tuple, int, list[str]]] = {}  # URI -> (open docs, line, snippets)
@@ -54,16 +64,118 @@ class PocketPilotServer(LanguageServer):
     def set_state(self, state: str, message: str | None = None) -> None:
         """Record the state and send a ``pocketpilot/status`` notification.
 
-        Params: ``{state, model, message, lastLatencyMs, cacheHit, reusedTokens, typedAhead}``:
-        the latency of the last completion (ms), whether it reused the document's KV cache or
-        the previous suggestion, how many prompt tokens it reused (tokens), and whether it was
-        the rest of the previous suggestion; null before the first completion.
+        Params: ``{state, model, message, lastLatencyMs, cacheHit, reusedTokens, typedAhead,
+        prefilledTokens, remembered, cut, threads}``: the latency of the last completion (ms),
+        whether it reused the document's KV cache or the previous suggestion, how many prompt
+        tokens it reused and how many it ran through the model (tokens), whether it was the rest
+        of the previous suggestion, whether it came from the suggestion cache (a speculative or
+        earlier suggestion), whether the time budget (``maxLatencyMs``) cut it, and the CPU
+        threads it ran with; null before the first completion.
         """
         self.state = state
         self.protocol.notify(STATUS_NOTIFICATION, {
             "state": state, "model": self.model_name, "message": message, "lastLatencyMs": self.last_latency_ms,
             "cacheHit": self.last_cache_hit, "reusedTokens": self.last_reused_tokens,
-            "typedAhead": self.last_typed_ahead})
+            "typedAhead": self.last_typed_ahead, "prefilledTokens": self.last.get("prefilled"),
+            "remembered": self.last.get("remembered"), "cut": self.last.get("cut"),
+            "threads": self.last.get("threads")})
+
+    def _run_user(self, fn):
+        """Submit a user request to the inference thread; background jobs see it waiting and yield."""
+        with self._waiting_lock:
+            self._waiting += 1
+
+        def job():
+            with self._waiting_lock:
+                self._waiting -= 1
+            return fn()
+
+        return asyncio.get_running_loop().run_in_executor(self.infer, job)
+
+    @property
+    def user_waiting(self) -> bool:
+        """True while a user request is queued for the inference thread."""
+        return self._waiting > 0
+
+    def run_idle(self, uri: str, job, stop_on_change: bool = True) -> None:
+        """Run ``job(should_stop)`` on the inference thread when it is free, at idle priority.
+
+        Only the newest background job of a document runs (older ones are skipped); ``should_stop``
+        turns True as soon as a user request is waiting, a newer background job for the document
+        is scheduled or (``stop_on_change``) the document changes, and the job then yields (within
+        one warm-up chunk or decode step). Failures are logged, never raised.
+        """
+        if self.engine is None:
+            return
+        ticket = next(self._tickets)
+        self._idle[uri] = ticket
+        doc = self.workspace.text_documents.get(uri)
+        version = doc.version if doc is not None else None
+
+        def should_stop() -> bool:
+            now = self.workspace.text_documents.get(uri)
+            return (self.user_waiting or self._idle.get(uri) != ticket or now is None
+                    or (stop_on_change and now.version != version))
+
+        def run() -> None:
+            if should_stop():
+                return
+            try:
+                job(should_stop)
+            except Exception:  # a background job must never take the server down
+                log.exception("background job for %s failed", uri)
+
+        self.infer.submit(run)
+
+    def warm_up(self, uri: str, position: types.Position | None = None) -> None:
+        """Schedule a background warm-up of ``uri`` at ``position`` (default: the document's end),
+        computing the keys/values its next request will reuse (see :meth:`CompletionEngine.warm`)."""
+        if self.engine is None or not self.settings.warm_up or not self.settings.kv_cache_mb:
+            return
+        doc = self.workspace.text_documents.get(uri)
+        if doc is None:
+            return
+        source = doc.source
+        if position is None:
+            offset, line = len(source), source.count("\n")
+        elif position.line > len(doc.lines):
+            return  # a stale position from the client; the next request computes anyway
+        else:
+            offset, line = doc.offset_at_position(position), position.line
+        snippets = self.neighbour_snippets(uri, line, doc.language_id)
+        prefix, suffix, engine = source[:offset], source[offset:], self.engine
+
+        def job(should_stop) -> None:
+            done = engine.warm(prefix, suffix, cache_key=uri, should_stop=should_stop, snippets=snippets)
+            log.debug("warm-up of %s: %d tokens prefilled", uri, done)
+
+        self.run_idle(uri, job)
+
+    def warm_after_pause(self, uri: str, position: types.Position | None) -> None:
+        """Warm ``uri`` up at ``position`` once no change came for :data:`WARM_PAUSE_S`."""
+        pending = self._pause.pop(uri, None)
+        if pending is not None:
+            pending.cancel()
+        if self.engine is None or not self.settings.warm_up:
+            return
+        loop = asyncio.get_running_loop()
+        self._pause[uri] = loop.call_later(WARM_PAUSE_S, lambda: (self._pause.pop(uri, None),
+                                                                  self.warm_up(uri, position)))
+
+    def speculate(self, uri: str, prefix: str, suffix: str, text: str, snippets: list[str],
+                  language: str | None) -> None:
+        """Schedule, at idle priority, the suggestion that follows accepting ``text``; it lands in the
+        engine's suggestion cache (see :meth:`CompletionEngine.complete`, ``remember_answer=False``)."""
+        if self.engine is None or not self.settings.speculate:
+            return
+        engine = self.engine
+
+        def job(should_stop) -> None:
+            got = engine.complete(prefix + text, suffix, cache_key=uri, should_stop=should_stop, language=language,
+                                  snippets=snippets, remember_answer=False)
+            log.debug("speculative suggestion for %s: %r%s", uri, got.text[:40], " (stopped)" if got.cancelled else "")
+
+        self.run_idle(uri, job, stop_on_change=False)  # accepting it changes the document
 
     async def begin_progress(self, title: str) -> str | None:
         """Start a ``$/progress`` report if the client supports it; returns its token or ``None``."""
@@ -166,8 +278,9 @@ class PocketPilotServer(LanguageServer):
         def should_stop() -> bool:  # polled by the inference thread between tokens
             return cancelled.is_set() or self.latest.get(uri) != ticket
 
+        self._idle.pop(uri, None)  # a background job for this document yields to the request
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.infer, functools.partial(
+            result = await self._run_user(functools.partial(
                 engine.complete, prefix, suffix, cache_key=uri, should_stop=should_stop,
                 language=doc.language_id, snippets=snippets))
         except asyncio.CancelledError:  # $/cancelRequest: stop the generation at the next token
@@ -182,16 +295,21 @@ class PocketPilotServer(LanguageServer):
         if self.workspace.get_text_document(uri).version != version:
             log.debug("document %s changed during inference; answering empty", uri)
             return None
-        log.info("completion in %.0f ms (%d prompt tokens, %d reused, %d context, %d new%s%s)", result.total_ms,
-                 result.prompt_tokens, result.reused_tokens, result.context_tokens, result.new_tokens,
-                 ", typed ahead" if result.typed_ahead else "", ", block" if result.block else "")
+        log.info("completion in %.0f ms (%d prompt tokens, %d reused, %d prefilled, %d context, %d new, %d threads%s%s%s%s)",
+                 result.total_ms, result.prompt_tokens, result.reused_tokens, result.prefilled_tokens,
+                 result.context_tokens, result.new_tokens, result.threads,
+                 ", typed ahead" if result.typed_ahead else "", ", remembered" if result.remembered else "",
+                 ", cut at the time budget" if result.cut else "", ", block" if result.block else "")
         self.last_latency_ms = round(result.total_ms, 1)
-        self.last_cache_hit = result.typed_ahead or result.reused_tokens > 0
+        self.last_cache_hit = result.typed_ahead or result.remembered or result.reused_tokens > 0
         self.last_reused_tokens = result.reused_tokens
         self.last_typed_ahead = result.typed_ahead
+        self.last = {"prefilled": result.prefilled_tokens, "remembered": result.remembered, "cut": result.cut,
+                     "threads": result.threads or None}
         self.set_state(self.state)
         if not result.text:
             return None
+        self.speculate(uri, prefix, suffix, result.text, snippets, doc.language_id)
         return prefix.rsplit("\n", 1)[-1], result.text
 
 
@@ -215,11 +333,48 @@ async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams)
     await ls.load_model()
 
 
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: PocketPilotServer, params: types.DidOpenTextDocumentParams) -> None:
+    """Warm the opened document up at its end (a focus notification with the cursor supersedes it)."""
+    ls.warm_up(params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: PocketPilotServer, params: types.DidChangeTextDocumentParams) -> None:
+    """After a typing pause, warm the document up where it changed (end of the last change)."""
+    change = params.content_changes[-1] if params.content_changes else None
+    uri = params.text_document.uri
+    if isinstance(change, types.TextDocumentContentChangePartial) and uri in ls.workspace.text_documents:
+        codec = ls.workspace.get_text_document(uri).position_codec
+        lines = change.text.split("\n")
+        line = change.range.start.line + len(lines) - 1
+        char = (change.range.start.character if len(lines) == 1 else 0) + codec.client_num_units(lines[-1])
+        ls.warm_after_pause(uri, types.Position(line=line, character=char))
+    elif change is not None:  # the whole document: the cursor is not known, warm at the end
+        ls.warm_after_pause(uri, None)
+
+
+@server.feature(FOCUS_NOTIFICATION)
+def did_focus(ls: PocketPilotServer, params) -> None:
+    """``pocketpilot/didFocus {textDocument: {uri}, position}``: warm up at the editor's cursor."""
+    try:
+        uri = params.textDocument.uri
+        pos = types.Position(line=int(params.position.line), character=int(params.position.character))
+    except (AttributeError, TypeError, ValueError):
+        log.warning("pocketpilot/didFocus needs {textDocument: {uri}, position: {line, character}}; ignored")
+        return
+    ls.warm_up(uri, pos)
+
+
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: PocketPilotServer, params: types.DidCloseTextDocumentParams) -> None:
     """Free the closed document's KV cache (on the inference thread, which owns the engine)."""
     ls.latest.pop(params.text_document.uri, None)  # pre-empts a running completion for it
     ls._snippets.pop(params.text_document.uri, None)
+    ls._idle.pop(params.text_document.uri, None)  # and its background job
+    pending = ls._pause.pop(params.text_document.uri, None)
+    if pending is not None:
+        pending.cancel()
     if ls.engine is not None:
         ls.infer.submit(ls.engine.forget, params.text_document.uri)
 
