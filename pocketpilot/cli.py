@@ -383,24 +383,30 @@ def cmd_bench(args) -> int:
     res = run_typing_bench(Path(args.source_dir) if args.source_dir else None, files=args.files, lines=args.lines,
                            seed=args.seed, cps=args.cps, debounce_ms=args.debounce_ms, artifact=args.model,
                            reuse_off=not args.no_reuse_off, settings=_server_settings(args.setting),
-                           progress=lambda m: print(m, file=sys.stderr))
+                           progress=lambda m: print(m, file=sys.stderr), open_pause_s=args.open_pause_s,
+                           background_load=args.background_load)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     chars = sum(s["chars"] for s in res["stretches"])
     print(f"typing replay: {len(res['stretches'])} stretches, {chars} characters at {res['cps']:g} chars/s, "
           f"{res['debounce_ms']:g} ms debounce, model {res['on']['model']}")
-    for name in ("on", "off"):
+    for name, label in (("on", "reuse on "), ("off", "reuse off"), ("loaded", f"{args.background_load} busy ")):
         r = res[name]
         if r is None:
             continue
         acc = "n/a" if r["acceptance"] is None else f"{100 * r['acceptance']:.0f}%"
-        print(f"  reuse {name:3}: {r['requests']} requests, p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms "
-              f"(warm: p50 {r['warm_latency_ms_p50']} ms, p95 {r['warm_latency_ms_p95']} ms; model runs: "
-              f"{r['model_runs']}, p50 {r['model_run_latency_ms_p50']} ms); cache hits {100 * r['cache_hit_rate']:.0f}%, "
-              f"{r['reused_tokens_mean']} tokens reused on average, {r['typed_ahead_hits']} typed-ahead; "
-              f"suggestions typed {r['accepted']}/{r['suggestions']} ({acc})")
+        print(f"  {label}: {r['requests']} requests, p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms "
+              f"(warm: p50 {r['warm_latency_ms_p50']} ms, p95 {r['warm_latency_ms_p95']} ms; first in a document: "
+              f"p50 {r['first_latency_ms_p50']} ms, max {r['first_latency_ms_max']} ms; model runs: "
+              f"{r['model_runs']}, p50 {r['model_run_latency_ms_p50']} ms); tokens prefilled p50 "
+              f"{r['prefilled_tokens_p50']}, p95 {r['prefilled_tokens_p95']}; cache hits {100 * r['cache_hit_rate']:.0f}%, "
+              f"{r['reused_tokens_mean']} tokens reused on average, {r['typed_ahead_hits']} typed-ahead, "
+              f"{r['remembered_hits']} remembered, {r['cut']} cut; suggestions typed {r['accepted']}/{r['suggestions']} ({acc})")
     if res["p50_ratio_off_over_on"] is not None:
         print(f"  p50 reuse off / on: {res['p50_ratio_off_over_on']}x")
+    if res["loaded_over_quiet"]:
+        q = res["loaded_over_quiet"]
+        print(f"  with {args.background_load} busy processes / quiet: p50 {q.get('p50')}x, p95 {q.get('p95')}x")
     return 0
 
 
@@ -594,6 +600,10 @@ def _add_bench(sub) -> None:
     b.add_argument("--debounce-ms", type=float, default=100.0, help="client debounce, ms (default 100)")
     b.add_argument("--model", help="artifact id or folder (default: the active artifact)")
     b.add_argument("--no-reuse-off", action="store_true", help="skip the second run with KV-cache reuse off")
+    b.add_argument("--open-pause-s", type=float, default=2.0,
+                   help="typing: pause after opening each file before the first keystroke, s (default 2)")
+    b.add_argument("--background-load", type=int, default=0, metavar="N",
+                   help="typing: replay once more beside N CPU-bound processes and report the slowdown")
     b.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="server setting for both runs, camelCase as in initializationOptions (repeatable)")
     b.add_argument("--json", metavar="OUT", help="write the figures as JSON")

@@ -11,11 +11,19 @@ Timing model (closed loop, so figures measure the server, not a queue): the typi
 pause, and with it an inline-completion request, follows every keystroke. The next keystroke
 comes one typing interval after the request or when the answer arrives, whichever is later.
 
-Reported: request-to-response latency p50/p95 (ms); KV-cache hit rate (requests that reused
-cached keys/values or the previous suggestion) and mean prompt tokens reused; typed-ahead
-hits (answered from the previous suggestion without the model); and the acceptance proxy,
-the share of shown suggestions whose first line is a prefix of what the user typed next. It
-runs once with reuse on (the server defaults) and once with ``kvCacheMb: 0`` (reuse off).
+Each file is opened as an editor opens it: ``didOpen``, then ``pocketpilot/didFocus`` with the
+cursor where typing starts (what the VS Code extension sends), then a pause (``open_pause_s``,
+default 2 s) before the first keystroke, during which the server may warm the document up.
+
+Reported: request-to-response latency p50/p95 (ms), also without each document's first request
+(warm) and for the first requests alone; tokens prefilled per request p50/p95 (prompt tokens
+the model ran, from the status notification); KV-cache hit rate (requests that reused cached
+keys/values, the previous suggestion or a remembered one) and mean prompt tokens reused;
+typed-ahead and remembered hits (answered without the model); and the acceptance proxy, the
+share of shown suggestions whose first line is a prefix of what the user typed next. It runs
+once with reuse on (the server defaults), once with ``kvCacheMb: 0`` (reuse off) and, with
+``background_load`` N, once more with N CPU-bound processes running beside the server,
+reporting the slowdown against the quiet run.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -114,21 +123,25 @@ def keystrokes(typed: str) -> list[str]:
 
 
 async def replay(stretches: list[Stretch], settings: dict, cps: float = 10.0, debounce_ms: float = 100.0,
-                 python: str = sys.executable, progress: Callable[[str], None] | None = None) -> dict:
-    """Type every stretch into one server started with ``settings`` as initializationOptions.
+                 python: str = sys.executable, progress: Callable[[str], None] | None = None,
+                 open_pause_s: float = 2.0) -> dict:
+    """Type every stretch into one server started with ``settings`` as initializationOptions,
+    pausing ``open_pause_s`` seconds after opening each file.
 
     Returns:
         ``{"requests", "latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "warm_latency_ms_p50",
-        "warm_latency_ms_p95" (without each document's first request), "model_runs" (requests not
-        answered typed-ahead), "model_run_latency_ms_p50", "cache_hit_rate",
-        "reused_tokens_mean", "typed_ahead_hits", "suggestions", "accepted", "acceptance",
-        "model", "log"}`` (latencies in ms, rates 0..1, token counts in tokens); ``log`` has one
-        ``{"ms", "first_in_document", "typed_ahead", "reused", "line", "suggestion", "next"}`` per request.
+        "warm_latency_ms_p95" (without each document's first request), "first_latency_ms_p50",
+        "first_latency_ms_max", "prefilled_tokens_p50", "prefilled_tokens_p95", "model_runs"
+        (requests not answered typed-ahead or remembered), "model_run_latency_ms_p50",
+        "cache_hit_rate", "reused_tokens_mean", "typed_ahead_hits", "remembered_hits", "cut",
+        "suggestions", "accepted", "acceptance", "model", "log"}`` (latencies in ms, rates 0..1,
+        token counts in tokens); ``log`` has one ``{"ms", "first_in_document", "typed_ahead",
+        "remembered", "reused", "prefilled", "line", "suggestion", "next"}`` per request.
 
     Raises:
         PocketPilotError: the server has no model to serve.
     """
-    session = _Session(LanguageClient("pocketpilot-bench", "0"), 1.0 / cps, debounce_ms)
+    session = _Session(LanguageClient("pocketpilot-bench", "0"), 1.0 / cps, debounce_ms, open_pause_s)
     await session.client.start_io(python, "-m", "pocketpilot", "serve")
     try:
         model = await session.initialize(settings)
@@ -152,6 +165,8 @@ class _Tally:
     hits: int = 0  # requests that reused cached keys/values or the previous suggestion
     reused: int = 0  # prompt tokens reused, summed over requests
     ahead: int = 0  # requests answered typed-ahead
+    remembered: int = 0  # requests answered from the suggestion cache
+    cut: int = 0  # requests whose decoding the time budget cut
     shown: int = 0  # non-empty suggestions
     accepted: int = 0  # shown suggestions whose first line starts what was typed next
 
@@ -163,13 +178,17 @@ class _Tally:
             self.hits += bool(status.cacheHit)
             self.reused += status.reusedTokens or 0
             self.ahead += bool(getattr(status, "typedAhead", False))
+            self.remembered += bool(getattr(status, "remembered", False))
+            self.cut += bool(getattr(status, "cut", False))
         first = suggestion.split("\n", 1)[0]
         if first.strip():
             self.shown += 1
             self.accepted += rest_of_line.startswith(first)
         self.log.append({"ms": round(elapsed_s * 1e3, 1), "first_in_document": first_in_document,
                          "typed_ahead": bool(status and status.typedAhead),
-                         "reused": status.reusedTokens if status else None, "line": line,
+                         "remembered": bool(status and getattr(status, "remembered", False)),
+                         "reused": status.reusedTokens if status else None,
+                         "prefilled": getattr(status, "prefilledTokens", None) if status else None, "line": line,
                          "suggestion": suggestion, "next": rest_of_line})
 
     def summary(self, model) -> dict:
@@ -177,7 +196,9 @@ class _Tally:
         latencies, log = self.latencies, self.log
         n = len(latencies)
         warm = [x["ms"] for x in log if not x["first_in_document"]]
-        computed = [x["ms"] for x in log if not x["typed_ahead"]]
+        first = [x["ms"] for x in log if x["first_in_document"]]
+        computed = [x["ms"] for x in log if not (x["typed_ahead"] or x["remembered"])]
+        prefilled = [x["prefilled"] or 0 for x in log if x["prefilled"] is not None or x["typed_ahead"]]
         return {
             "model": model,
             "requests": n,
@@ -186,11 +207,17 @@ class _Tally:
             "latency_ms_mean": round(statistics.fmean(latencies), 1) if n else None,
             "warm_latency_ms_p50": _percentile(warm, 50),
             "warm_latency_ms_p95": _percentile(warm, 95),
+            "first_latency_ms_p50": _percentile(first, 50),
+            "first_latency_ms_max": max(first) if first else None,
+            "prefilled_tokens_p50": _percentile(prefilled, 50),
+            "prefilled_tokens_p95": _percentile(prefilled, 95),
             "model_runs": len(computed),
             "model_run_latency_ms_p50": _percentile(computed, 50),
             "cache_hit_rate": round(self.hits / n, 3) if n else None,
             "reused_tokens_mean": round(self.reused / n, 1) if n else None,
             "typed_ahead_hits": self.ahead,
+            "remembered_hits": self.remembered,
+            "cut": self.cut,
             "suggestions": self.shown,
             "accepted": self.accepted,
             "acceptance": round(self.accepted / self.shown, 3) if self.shown else None,
@@ -207,8 +234,8 @@ class _Session:
         debounce_ms: the client's debounce before each request (ms).
     """
 
-    def __init__(self, client: LanguageClient, gap_s: float, debounce_ms: float) -> None:
-        self.client, self.gap_s, self.debounce_ms = client, gap_s, debounce_ms
+    def __init__(self, client: LanguageClient, gap_s: float, debounce_ms: float, open_pause_s: float = 0.0) -> None:
+        self.client, self.gap_s, self.debounce_ms, self.open_pause_s = client, gap_s, debounce_ms, open_pause_s
         self.statuses: list = []
         self.ready = asyncio.Event()
         self.tally = _Tally()
@@ -241,6 +268,9 @@ class _Session:
         text = st.before + "\n" + st.after if st.after else st.before
         self.client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
             uri=uri, language_id="python", version=version, text=text)))
+        self.client.protocol.notify("pocketpilot/didFocus", {  # as the VS Code extension does
+            "textDocument": {"uri": uri}, "position": {"line": st.before.count("\n"), "character": 0}})
+        await asyncio.sleep(self.open_pause_s)
         done = ""
         keys = keystrokes(st.typed)
         for k, key in enumerate(keys):
@@ -287,23 +317,58 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def run_typing_bench(root: Path | None = None, files: int = 3, lines: int = 3, seed: int = 0, cps: float = 10.0,
                      debounce_ms: float = 100.0, artifact: str | None = None, reuse_off: bool = True,
-                     settings: dict | None = None, progress: Callable[[str], None] | None = None) -> dict:
-    """Replay typing with reuse on and (``reuse_off``) off; see the module docstring.
+                     settings: dict | None = None, progress: Callable[[str], None] | None = None,
+                     open_pause_s: float = 2.0, background_load: int = 0) -> dict:
+    """Replay typing with reuse on, (``reuse_off``) off and (``background_load`` > 0) on again
+    beside that many CPU-bound processes; see the module docstring.
 
-    ``settings`` are extra server settings (``initializationOptions``, camelCase) for both runs.
+    ``settings`` are extra server settings (``initializationOptions``, camelCase) for every run.
 
     Returns:
-        ``{"stretches": [{"path", "chars"}], "on": {...}, "off": {...} or None,
-        "p50_ratio_off_over_on": float or None}`` with the figures of :func:`replay`.
+        ``{"stretches": [{"path", "chars"}], "on": {...}, "off": {...} or None, "loaded": {...} or
+        None, "p50_ratio_off_over_on": float or None, "loaded_over_quiet": {"p50", "p95"} or None}``
+        with the figures of :func:`replay`.
     """
     stretches = pick_stretches(root, files, lines, seed)
     base = {**(settings or {}), **({"artifact": artifact} if artifact else {})}
     out: dict = {"stretches": [{"path": str(s.path), "chars": len(s.typed)} for s in stretches],
-                 "cps": cps, "debounce_ms": debounce_ms, "settings": base}
-    out["on"] = asyncio.run(replay(stretches, base, cps, debounce_ms, progress=progress))
-    out["off"] = asyncio.run(replay(stretches, {**base, "kvCacheMb": 0}, cps, debounce_ms, progress=progress)) \
-        if reuse_off else None
-    on, off = out["on"], out["off"]
+                 "cps": cps, "debounce_ms": debounce_ms, "open_pause_s": open_pause_s, "settings": base,
+                 "background_load": background_load}
+    run = lambda opts: asyncio.run(replay(stretches, opts, cps, debounce_ms, progress=progress,  # noqa: E731
+                                          open_pause_s=open_pause_s))
+    out["on"] = run(base)
+    out["off"] = run({**base, "kvCacheMb": 0}) if reuse_off else None
+    out["loaded"] = None
+    if background_load > 0:
+        with busy_processes(background_load):
+            out["loaded"] = run(base)
+    on, off, loaded = out["on"], out["off"], out["loaded"]
     out["p50_ratio_off_over_on"] = round(off["latency_ms_p50"] / on["latency_ms_p50"], 2) \
         if off and on["latency_ms_p50"] else None
+    out["loaded_over_quiet"] = {q: round(loaded[f"latency_ms_{q}"] / on[f"latency_ms_{q}"], 2)
+                                for q in ("p50", "p95") if on[f"latency_ms_{q}"]} if loaded else None
     return out
+
+
+class busy_processes:
+    """Context manager: ``n`` CPU-bound Python processes (a busy loop each) for the block's duration.
+
+    Raises:
+        ValueError: ``n`` is negative.
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"background load must be >= 0 processes, got {n}")
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "busy_processes":
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()

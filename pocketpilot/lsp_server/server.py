@@ -166,7 +166,7 @@ class PocketPilotServer(LanguageServer):
                   language: str | None) -> None:
         """Schedule, at idle priority, the suggestion that follows accepting ``text``; it lands in the
         engine's suggestion cache (see :meth:`CompletionEngine.complete`, ``remember_answer=False``)."""
-        if self.engine is None or not self.settings.speculate:
+        if self.engine is None or not self.settings.speculate or not self.settings.kv_cache_mb:
             return
         engine = self.engine
 

@@ -258,7 +258,7 @@ class CompletionEngine:
         s = self.settings
         limit = max_new_tokens or (s.block_max_tokens if opener is not None else s.max_new_tokens)
         key = self._suggestion_key(prefix, suffix, snippets, limit, opener is not None)
-        kept = self.suggestions.get(key)
+        kept = self.suggestions.get(key) if s.kv_cache_mb else None  # kvCacheMb 0: nothing is reused
         if kept is not None:
             if cache_key is not None and remember_answer:
                 self.docs.note_answer(cache_key, prefix, suffix, kept)
@@ -287,7 +287,7 @@ class CompletionEngine:
             cache = self._decode(gen, logits, cache)  # 4. decode
         t3 = time.perf_counter()
         text = self._post_process(gen, prefix, suffix, language)  # 5. post-process
-        if not (gen.cancelled or gen.cut):
+        if not (gen.cancelled or gen.cut) and s.kv_cache_mb:
             self.suggestions.put(key, text)
         shown = (prefix, suffix, "" if gen.cancelled else text)
         if not remember_answer and old is not None:

@@ -31,9 +31,13 @@ def test_stretches_are_deterministic_and_need_code(tmp_path):
 def test_replay_with_and_without_reuse(tmp_path, tiny_home, monkeypatch):
     monkeypatch.setenv("POCKETPILOT_HOME", str(tiny_home))
     (tmp_path / "a.py").write_text("".join(CORPUS) * 6)
-    res = run_typing_bench(tmp_path, files=1, lines=1, seed=0, cps=200, debounce_ms=1)
-    on, off = res["on"], res["off"]
-    assert on["requests"] == off["requests"] > 5
+    res = run_typing_bench(tmp_path, files=1, lines=1, seed=0, cps=200, debounce_ms=1, open_pause_s=0.5,
+                           background_load=1)
+    on, off, loaded = res["on"], res["off"], res["loaded"]
+    assert on["requests"] == off["requests"] == loaded["requests"] > 5
+    assert set(res["loaded_over_quiet"]) == {"p50", "p95"}
+    assert on["prefilled_tokens_p50"] < off["prefilled_tokens_p50"]  # reuse: fewer tokens per keystroke
+    assert on["first_latency_ms_p50"] is not None
     assert on["cache_hit_rate"] > 0.5 and on["reused_tokens_mean"] > 10
     assert off["cache_hit_rate"] == 0 and off["reused_tokens_mean"] == 0 and off["typed_ahead_hits"] == 0
     assert on["suggestions"] > 0 and 0 <= on["accepted"] <= on["suggestions"]

@@ -195,6 +195,22 @@ class PocketPilot implements vscode.Disposable {
     // Replace the library's generic progress UI: compression progress goes to our cancellable notification.
     client.onRequest(WorkDoneProgressCreateRequest.type, ({ token }) => this.trackProgress(client, token));
     client.onNotification(ShowMessageNotification.type, (params) => this.showServerMessage(params));
+    this.sendFocus(vscode.window.activeTextEditor);
+  }
+
+  /**
+   * Tell the server which editor has focus and where its cursor is (`pocketpilot/didFocus`), so
+   * it computes that document's prompt while idle and the first suggestion there is fast.
+   */
+  sendFocus(editor: vscode.TextEditor | undefined): void {
+    const client = this.client;
+    if (!editor || !client || !client.isRunning() || !this.enabled) return;
+    if (!vscode.languages.match(documentSelector(this.config.get("languages")), editor.document)) return;
+    const pos = editor.selection.active;
+    void client.sendNotification("pocketpilot/didFocus", {
+      textDocument: { uri: editor.document.uri.toString() },
+      position: { line: pos.line, character: pos.character },
+    });
   }
 
   private onCrash(): void {
@@ -400,6 +416,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("pocketpilot.restartServer", () => p.restart("asked by the user", true)),
     vscode.commands.registerCommand("pocketpilot.showLogs", () => log.show(true)),
     vscode.workspace.onDidChangeConfiguration((e) => p.onSettingsChanged(e)),
+    vscode.window.onDidChangeActiveTextEditor((editor) => p.sendFocus(editor)),
   );
   p.watchPythonExtension();
   await p.start();
