@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pocketpilot.runtime.settings import EngineSettings
+
 #: prompt and completion length a one-line latency is predicted for (tokens): a cold completion
 PROMPT_TOKENS = 512
 LINE_TOKENS = 12
+#: prompt tokens a warm model run (one keystroke after the last request) prefills, with the
+#: engine's default settings (tokens)
+KEYSTROKE_TOKENS = EngineSettings().keystroke_tokens
+#: default budgets of ``compress --for-this-machine`` (ms): a warm model run in the editor
+#: (:data:`KEYSTROKE_TOKENS` prefilled, then :data:`LINE_TOKENS` decoded), and the background
+#: warm-up of a document's prompt when it is opened (:data:`PROMPT_TOKENS` prefilled)
+DEFAULT_BUDGET_MS = 1000.0
+DEFAULT_WARMUP_MS = 5000.0
 #: memory kept free for the editor and the OS: at most this share of available RAM is planned
 RAM_SHARE = 0.8
 #: serving memory beyond the weights: runtime, tokenizer, KV caches at the default kvCacheMb (bytes)

@@ -151,13 +151,22 @@ class EngineSettings(_Validated):
     draft_tokens: int = setting(8, "Speculative decoding: tokens guessed from earlier code and checked by the "
                                    "model in one step; same suggestions, fewer steps. 0 turns it off.",
                                 minimum=0, maximum=15)
-    # the layout is the FIM prompt's; reuse of the suffix while typing depends on it (docs/results.md)
-    fim_layout: str = setting("psm-shift", "Fill-in-the-middle prompt order: `psm` (prefix, suffix, middle: the "
-                                           "suffix is recomputed after each keystroke), `psm-shift` (the same, with "
-                                           "the suffix's cached keys moved to their new positions, as llama.cpp's "
-                                           "cache reuse does) or `spm` (suffix first: typing only appends).",
+    # the FIM prompt's layout; psm is the default because it is the only one that keeps Qwen2.5-Coder's
+    # ES (spm and moved suffix keys measured in docs/results.md, "FIM layouts while typing")
+    fim_layout: str = setting("psm", "Fill-in-the-middle prompt order: `psm` (prefix, suffix, middle: the suffix "
+                                     "is recomputed after each keystroke), `psm-shift` (faster: the suffix's cached "
+                                     "keys are moved instead, as llama.cpp's cache reuse does, but suggestions get "
+                                     "worse) or `spm` (suffix first; only for models trained on it).",
                               choices=("psm", "psm-shift", "spm"))
     max_latency_ms: int = setting(0, "Time budget per suggestion (ms): decoding stops when it is spent and only the "
                                      "complete lines so far are shown. 0 = no limit.", minimum=0)
     threads: int = setting(0, "CPU threads for the model; 0 = adapt at each request to the cores other programs "
                               "leave free (never more than this process may use).", minimum=0)
+
+    @property
+    def keystroke_tokens(self) -> int:
+        """Prompt tokens a model run after one keystroke prefills when the document's keys/values
+        are reused (tokens): the typed token and ``<fim_middle>``, plus, in the psm layout, the
+        suffix and ``<fim_suffix>`` behind the typed text (psm-shift moves them instead). What the
+        recipe chooser budgets."""
+        return 2 if self.fim_layout in ("spm", "psm-shift") else self.suffix_tokens + 3

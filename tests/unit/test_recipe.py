@@ -55,8 +55,23 @@ def test_small_cpu_falls_back_to_the_small_teacher_and_says_the_budget_is_missed
 
 
 def test_small_cpu_with_a_generous_budget_still_prefers_quality():
-    d = choose_recipe(machine(32, cpus=2), SMALL_CPU, budget_ms=1e6)
+    d = choose_recipe(machine(32, cpus=2), SMALL_CPU, budget_ms=1e6, warmup_budget_ms=1e6)
     assert d.teacher == "qwen2.5-coder-1.5b" and d.meets_budget
+
+
+def test_the_warm_latency_is_budgeted_not_a_cold_completion():
+    """A 2-core machine whose cold 512-token completion misses the budget gets the 1.5B teacher
+    when a model run while typing meets it and the background warm-up fits its own budget."""
+    mid = speeds(400, {"int8": 20, "bf16": 20, "none": 20, "bnb-nf4": 1, "bnb-int8": 1})
+    qwen = predict(TEACHERS[0], METHODS["int8"], mid)
+    assert qwen["warm_ms"] < qwen["line_ms"] and qwen["warmup_ms"] == qwen["prefill_ms"]
+    budget = (qwen["warm_ms"] + qwen["line_ms"]) / 2  # the warm run fits, the cold completion does not
+    d = choose_recipe(machine(32, cpus=2), mid, budget_ms=budget, warmup_budget_ms=qwen["warmup_ms"] + 1)
+    assert (d.teacher, d.method, d.meets_budget) == ("qwen2.5-coder-1.5b", "int8", True)
+    assert f"predicted {qwen['warm_ms']:.0f} ms per suggestion while typing" in d.reason
+    assert f"{qwen['warmup_ms'] / 1000:.1f} s to warm a file up" in d.reason
+    slow_warmup = choose_recipe(machine(32, cpus=2), mid, budget_ms=budget, warmup_budget_ms=qwen["warmup_ms"] - 1)
+    assert slow_warmup.teacher == "smollm2-135m"  # the warm-up budget counts on its own
 
 
 def test_cuda_gpu_runs_bf16_on_the_gpu_or_nf4_when_it_does_not_fit():
@@ -80,13 +95,13 @@ def test_missing_bitsandbytes_rejects_its_methods_with_the_pip_command():
 def test_llama_cpp_engine_is_chosen_when_measured_faster_and_said_so(monkeypatch):
     fast = speeds(60, {"int8": 8, "bf16": 8, "none": 8, "gguf-q8_0": 24, "gguf-q4_k_m": 30})
     monkeypatch.setattr(HardwareProfile, "has_package", lambda self, module: True)
-    d = choose_recipe(machine(32, cpus=2, bnb=False), fast, budget_ms=1e6)
+    d = choose_recipe(machine(32, cpus=2, bnb=False), fast, budget_ms=1e6, warmup_budget_ms=1e6)
     # the best teacher; of the no-loss methods (tier 0) the fastest, which here runs in llama.cpp
     assert (d.teacher, d.method) == ("qwen2.5-coder-1.5b", "gguf-q8_0") and "(llama.cpp engine)" in d.reason
     row = next(r for r in d.candidates if r["method"] == "gguf-q8_0" and r["chosen"])
     assert row["engine"] == "llama.cpp"
     monkeypatch.setattr(HardwareProfile, "has_package", lambda self, module: module != "llama_cpp")
-    d = choose_recipe(machine(32, cpus=2, bnb=False), fast, budget_ms=1e6)
+    d = choose_recipe(machine(32, cpus=2, bnb=False), fast, budget_ms=1e6, warmup_budget_ms=1e6)
     assert d.method == "int8" and all("pip install llama-cpp-python" in r["rejected"]
                                       for r in d.candidates if r["engine"] == "llama.cpp")
 
