@@ -172,7 +172,7 @@ class PocketPilotServer(LanguageServer):
 
         def job(should_stop) -> None:
             got = engine.complete(prefix + text, suffix, cache_key=uri, should_stop=should_stop, language=language,
-                                  snippets=snippets, remember_answer=False)
+                                  snippets=snippets, remember_answer=False, background=True)
             log.debug("speculative suggestion for %s: %r%s", uri, got.text[:40], " (stopped)" if got.cancelled else "")
 
         self.run_idle(uri, job, stop_on_change=False)  # accepting it changes the document

@@ -217,6 +217,7 @@ class CompletionEngine:
         snippets: Sequence[str] = (),
         allow_block: bool = True,
         remember_answer: bool = True,
+        background: bool = False,
     ) -> Completion:
         """Complete the code at the cursor between ``prefix`` and ``suffix``.
 
@@ -238,6 +239,8 @@ class CompletionEngine:
             remember_answer: False (a speculative request) keeps the document's KV state but not this
                 answer as the suggestion the user sees (typed-ahead keeps matching the shown one); the
                 answer still goes to :attr:`suggestions`.
+            background: a background request (the speculative next suggestion): the prefill runs
+                in chunks of :data:`WARM_CHUNK`, so a user request waits at most one of them.
 
         Returns:
             A :class:`Completion`. Its text ends before the first newline unless the cursor starts
@@ -268,7 +271,8 @@ class CompletionEngine:
         prompt = self._prompt(prefix, suffix, cache_key, snippets)  # 1. prompt
         old = self.docs.get(cache_key) if cache_key is not None else None  # _prefill takes it out
         t1 = time.perf_counter()
-        logits, cache, reuse, fed = self._prefill(prompt.ids, cache_key, should_stop)  # 2. reuse, 3. prefill
+        logits, cache, reuse, fed = self._prefill(prompt.ids, cache_key, should_stop,  # 2. reuse, 3. prefill
+                                                  chunk=WARM_CHUNK if background else PREFILL_CHUNK)
         t2 = time.perf_counter()
         done = {"prompt_tokens": len(prompt.ids), "prefill_ms": (t2 - t1) * 1e3, "reused_tokens": reuse.reused,
                 "moved_tokens": reuse.move_len, "block": opener is not None,
@@ -357,12 +361,13 @@ class CompletionEngine:
 
     @torch.inference_mode()
     def _prefill(
-        self, ids: list[int], cache_key: str | None, should_stop: Callable[[], bool] | None = None
+        self, ids: list[int], cache_key: str | None, should_stop: Callable[[], bool] | None = None,
+        chunk: int | None = None,
     ) -> tuple[torch.Tensor | None, Any, Reuse, int]:
         """Steps 2 and 3: reuse the document's cached keys/values, then run the rest of the prompt.
 
-        New tokens go through in chunks of :data:`PREFILL_CHUNK`; ``should_stop`` is polled
-        between chunks. At least the last prompt token is always recomputed. The document's
+        New tokens go through in chunks of ``chunk`` (default :data:`PREFILL_CHUNK`) tokens;
+        ``should_stop`` is polled between chunks. At least the last prompt token is always recomputed. The document's
         state is taken out of :attr:`docs`; :meth:`complete` puts the new one back. With
         ``settings.fim_layout`` psm-shift, a FIM suffix that only moved (the user typed in the
         prefix) keeps its cached keys/values, moved to the new positions
@@ -384,8 +389,9 @@ class CompletionEngine:
             cache = self.backend.splice(cache, reuse.reused, ids[reuse.reused:anchor], reuse.move_src, reuse.move_len)
             pos = anchor + reuse.move_len
             reuse = Reuse(cache, reuse.reused + reuse.move_len, reuse.move_src, reuse.move_len, reuse.stale)
+        step = chunk or PREFILL_CHUNK
         while True:
-            end = min(len(ids), pos + PREFILL_CHUNK)
+            end = min(len(ids), pos + step)
             rows, cache = self._forward(ids[pos:end], cache, keep=1)
             pos = end
             if pos == len(ids):
