@@ -57,6 +57,7 @@ class PocketPilotServer(LanguageServer):
         self._waiting_lock = threading.Lock()
         self._idle: dict[str, int] = {}  # document URI -> ticket of its newest background job
         self._pause: dict[str, asyncio.TimerHandle] = {}  # document URI -> pending warm-up after typing
+        self.sources: dict[str, str] = {}  # document URI -> its text at the last change (to find where it changed)
         self._tickets = itertools.count(1)
         self.latest: dict[str, int] = {}  # document URI -> number of its newest completion request
         self._snippets: dict[str, tuple[tuple, int, list[str]]] = {}  # URI -> (open docs, line, snippets)
@@ -127,22 +128,22 @@ class PocketPilotServer(LanguageServer):
 
         self.infer.submit(run)
 
-    def warm_up(self, uri: str, position: types.Position | None = None) -> None:
-        """Schedule a background warm-up of ``uri`` at ``position`` (default: the document's end),
-        computing the keys/values its next request will reuse (see :meth:`CompletionEngine.warm`)."""
+    def warm_up(self, uri: str, position: types.Position | None = None, offset: int | None = None) -> None:
+        """Schedule a background warm-up of ``uri`` at ``position`` or character ``offset`` (default:
+        the document's end), computing the keys/values its next request will reuse (see
+        :meth:`CompletionEngine.warm`)."""
         if self.engine is None or not self.settings.warm_up or not self.settings.kv_cache_mb:
             return
         doc = self.workspace.text_documents.get(uri)
         if doc is None:
             return
         source = doc.source
-        if position is None:
-            offset, line = len(source), source.count("\n")
-        elif position.line > len(doc.lines):
-            return  # a stale position from the client; the next request computes anyway
-        else:
-            offset, line = doc.offset_at_position(position), position.line
-        snippets = self.neighbour_snippets(uri, line, doc.language_id)
+        if position is not None:
+            if position.line > len(doc.lines):
+                return  # a stale position from the client; the next request computes anyway
+            offset = doc.offset_at_position(position)
+        offset = len(source) if offset is None else max(0, min(offset, len(source)))
+        snippets = self.neighbour_snippets(uri, source.count("\n", 0, offset), doc.language_id)
         prefix, suffix, engine = source[:offset], source[offset:], self.engine
 
         def job(should_stop) -> None:
@@ -151,8 +152,8 @@ class PocketPilotServer(LanguageServer):
 
         self.run_idle(uri, job)
 
-    def warm_after_pause(self, uri: str, position: types.Position | None) -> None:
-        """Warm ``uri`` up at ``position`` once no change came for :data:`WARM_PAUSE_S`."""
+    def warm_after_pause(self, uri: str, position: types.Position | None = None, offset: int | None = None) -> None:
+        """Warm ``uri`` up at ``position`` (or ``offset``) once no change came for :data:`WARM_PAUSE_S`."""
         pending = self._pause.pop(uri, None)
         if pending is not None:
             pending.cancel()
@@ -160,7 +161,7 @@ class PocketPilotServer(LanguageServer):
             return
         loop = asyncio.get_running_loop()
         self._pause[uri] = loop.call_later(WARM_PAUSE_S, lambda: (self._pause.pop(uri, None),
-                                                                  self.warm_up(uri, position)))
+                                                                  self.warm_up(uri, position, offset)))
 
     def speculate(self, uri: str, prefix: str, suffix: str, text: str, snippets: list[str],
                   language: str | None) -> None:
@@ -336,22 +337,50 @@ async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams)
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: PocketPilotServer, params: types.DidOpenTextDocumentParams) -> None:
     """Warm the opened document up at its end (a focus notification with the cursor supersedes it)."""
+    ls.sources[params.text_document.uri] = params.text_document.text
     ls.warm_up(params.text_document.uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: PocketPilotServer, params: types.DidChangeTextDocumentParams) -> None:
-    """After a typing pause, warm the document up where it changed (end of the last change)."""
-    change = params.content_changes[-1] if params.content_changes else None
+    """After a typing pause, warm the document up where it changed: the end of the last change,
+    or, for a whole-document change, the end of the text that differs from the previous version."""
     uri = params.text_document.uri
-    if isinstance(change, types.TextDocumentContentChangePartial) and uri in ls.workspace.text_documents:
-        codec = ls.workspace.get_text_document(uri).position_codec
+    doc = ls.workspace.text_documents.get(uri)
+    if doc is None:
+        return
+    old, new = ls.sources.get(uri), doc.source
+    ls.sources[uri] = new
+    change = params.content_changes[-1] if params.content_changes else None
+    if isinstance(change, types.TextDocumentContentChangePartial):
         lines = change.text.split("\n")
         line = change.range.start.line + len(lines) - 1
-        char = (change.range.start.character if len(lines) == 1 else 0) + codec.client_num_units(lines[-1])
+        char = (change.range.start.character if len(lines) == 1 else 0) + doc.position_codec.client_num_units(lines[-1])
         ls.warm_after_pause(uri, types.Position(line=line, character=char))
-    elif change is not None:  # the whole document: the cursor is not known, warm at the end
-        ls.warm_after_pause(uri, None)
+    elif change is not None:
+        ls.warm_after_pause(uri, offset=changed_offset(old, new) if old is not None else None)
+
+
+def changed_offset(old: str, new: str) -> int:
+    """Offset in ``new`` just after the text that differs from ``old`` (where a typing cursor is):
+    ``len(new)`` minus the longest common suffix that does not overlap the common prefix.
+    Prefix and suffix are found by bisection on slice comparisons (C speed on long documents)."""
+    lo, hi = 0, min(len(old), len(new))
+    while lo < hi:  # longest common prefix
+        mid = (lo + hi + 1) // 2
+        if old[:mid] == new[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    head = lo
+    lo, hi = 0, min(len(old), len(new)) - head
+    while lo < hi:  # longest common suffix not overlapping it
+        mid = (lo + hi + 1) // 2
+        if old[len(old) - mid:] == new[len(new) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return len(new) - lo
 
 
 @server.feature(FOCUS_NOTIFICATION)
@@ -372,6 +401,7 @@ def did_close(ls: PocketPilotServer, params: types.DidCloseTextDocumentParams) -
     ls.latest.pop(params.text_document.uri, None)  # pre-empts a running completion for it
     ls._snippets.pop(params.text_document.uri, None)
     ls._idle.pop(params.text_document.uri, None)  # and its background job
+    ls.sources.pop(params.text_document.uri, None)
     pending = ls._pause.pop(params.text_document.uri, None)
     if pending is not None:
         pending.cancel()

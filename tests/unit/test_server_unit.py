@@ -220,3 +220,13 @@ async def test_compress_command_without_teacher_or_method_chooses_for_this_machi
     assert (await srv.compress_command(ls, {"teacher": "smollm2-135m"}))["ok"]
     assert calls == [("machine", 150.0), ("load", "chosen-int8"), ("explicit", "smollm2-135m", "int8"),
                      ("load", "chosen-int8")]
+
+
+def test_changed_offset_finds_the_typing_cursor_in_a_whole_document_change():
+    from pocketpilot.lsp_server.server import changed_offset
+
+    old = "def add(a, b):\n    return a\n\nprint(add(1, 2))\n"
+    assert changed_offset(old, old.replace("return a", "return a +")) == old.index("return a") + len("return a +")
+    assert changed_offset(old, old.replace("return a", "return ")) == old.index("return ") + len("return ")  # deleted
+    assert changed_offset("aaaa", "aaaaa") == 5  # repeated text: the end of the common prefix wins
+    assert changed_offset(old, old) == len(old)
