@@ -34,6 +34,9 @@ STATUS_NOTIFICATION = "pocketpilot/status"
 FOCUS_NOTIFICATION = "pocketpilot/didFocus"
 #: quiet time after a change before the document is warmed up at the changed position (s)
 WARM_PAUSE_S = 0.3
+#: quiet time after a suggestion is shown before the one after accepting it is computed (s): while
+#: the user types on, the inference thread stays free for their requests
+SPECULATE_DELAY_S = 0.25
 
 
 class PocketPilotServer(LanguageServer):
@@ -57,6 +60,7 @@ class PocketPilotServer(LanguageServer):
         self._waiting_lock = threading.Lock()
         self._idle: dict[str, int] = {}  # document URI -> ticket of its newest background job
         self._pause: dict[str, asyncio.TimerHandle] = {}  # document URI -> pending warm-up after typing
+        self._speculating: dict[str, asyncio.TimerHandle] = {}  # document URI -> pending speculation
         self.sources: dict[str, str] = {}  # document URI -> its text at the last change (to find where it changed)
         self._tickets = itertools.count(1)
         self.latest: dict[str, int] = {}  # document URI -> number of its newest completion request
@@ -154,9 +158,7 @@ class PocketPilotServer(LanguageServer):
 
     def warm_after_pause(self, uri: str, position: types.Position | None = None, offset: int | None = None) -> None:
         """Warm ``uri`` up at ``position`` (or ``offset``) once no change came for :data:`WARM_PAUSE_S`."""
-        pending = self._pause.pop(uri, None)
-        if pending is not None:
-            pending.cancel()
+        self._cancel_timer(self._pause, uri)
         if self.engine is None or not self.settings.warm_up:
             return
         loop = asyncio.get_running_loop()
@@ -166,17 +168,31 @@ class PocketPilotServer(LanguageServer):
     def speculate(self, uri: str, prefix: str, suffix: str, text: str, snippets: list[str],
                   language: str | None) -> None:
         """Schedule, at idle priority, the suggestion that follows accepting ``text``; it lands in the
-        engine's suggestion cache (see :meth:`CompletionEngine.complete`, ``remember_answer=False``)."""
+        engine's suggestion cache (see :meth:`CompletionEngine.complete`, ``remember_answer=False``).
+
+        It starts after :data:`SPECULATE_DELAY_S` without a change to the document (the user
+        looking at the suggestion), so it does not compete with requests while they type on.
+        """
         if self.engine is None or not self.settings.speculate or not self.settings.kv_cache_mb:
             return
         engine = self.engine
+        self._cancel_timer(self._speculating, uri)
 
         def job(should_stop) -> None:
             got = engine.complete(prefix + text, suffix, cache_key=uri, should_stop=should_stop, language=language,
                                   snippets=snippets, remember_answer=False, background=True)
             log.debug("speculative suggestion for %s: %r%s", uri, got.text[:40], " (stopped)" if got.cancelled else "")
 
-        self.run_idle(uri, job, stop_on_change=False)  # accepting it changes the document
+        self._speculating[uri] = asyncio.get_running_loop().call_later(
+            SPECULATE_DELAY_S, lambda: (self._speculating.pop(uri, None),
+                                        self.run_idle(uri, job, stop_on_change=False)))  # accepting changes the doc
+
+    @staticmethod
+    def _cancel_timer(timers: dict, uri: str) -> None:
+        """Cancel and forget the pending timer of ``uri`` in ``timers``, if any."""
+        pending = timers.pop(uri, None)
+        if pending is not None:
+            pending.cancel()
 
     async def begin_progress(self, title: str) -> str | None:
         """Start a ``$/progress`` report if the client supports it; returns its token or ``None``."""
@@ -351,6 +367,7 @@ def did_change(ls: PocketPilotServer, params: types.DidChangeTextDocumentParams)
         return
     old, new = ls.sources.get(uri), doc.source
     ls.sources[uri] = new
+    ls._cancel_timer(ls._speculating, uri)  # typing on: no speculation yet
     change = params.content_changes[-1] if params.content_changes else None
     if isinstance(change, types.TextDocumentContentChangePartial):
         lines = change.text.split("\n")
@@ -402,9 +419,8 @@ def did_close(ls: PocketPilotServer, params: types.DidCloseTextDocumentParams) -
     ls._snippets.pop(params.text_document.uri, None)
     ls._idle.pop(params.text_document.uri, None)  # and its background job
     ls.sources.pop(params.text_document.uri, None)
-    pending = ls._pause.pop(params.text_document.uri, None)
-    if pending is not None:
-        pending.cancel()
+    ls._cancel_timer(ls._speculating, params.text_document.uri)
+    ls._cancel_timer(ls._pause, params.text_document.uri)
     if ls.engine is not None:
         ls.infer.submit(ls.engine.forget, params.text_document.uri)
 
