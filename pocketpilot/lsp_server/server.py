@@ -145,7 +145,10 @@ class PocketPilotServer(LanguageServer):
         if position is not None:
             if position.line > len(doc.lines):
                 return  # a stale position from the client; the next request computes anyway
-            offset = doc.offset_at_position(position)
+            try:
+                offset = doc.offset_at_position(position)
+            except (IndexError, ValueError):
+                return
         offset = len(source) if offset is None else max(0, min(offset, len(source)))
         snippets = self.neighbour_snippets(uri, source.count("\n", 0, offset), doc.language_id)
         prefix, suffix, engine = source[:offset], source[offset:], self.engine
