@@ -15,7 +15,8 @@ test("defaults: no settings gives the server defaults", () => {
   const { options, problems } = initializationOptions(() => undefined);
   assert.deepEqual(options, {
     artifact: null, maxNewTokens: 48, prefixTokens: 512, suffixTokens: 128, multiline: true, blockMaxTokens: 96,
-    contextTokens: 256, kvCacheMb: 256, draftTokens: 8, debounceMs: 0,
+    contextTokens: 256, kvCacheMb: 256, draftTokens: 8, fimLayout: "psm", maxLatencyMs: 0, threads: 0, debounceMs: 0,
+    warmUp: true, speculate: true,
   });
   assert.deepEqual(problems, []);
 });
@@ -23,12 +24,14 @@ test("defaults: no settings gives the server defaults", () => {
 test("settings map to camelCase initializationOptions", () => {
   const values: Record<string, unknown> = {
     artifact: " tiny-int8 ", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, multiline: false, blockMaxTokens: 8,
-    contextTokens: 0, kvCacheMb: 0, draftTokens: 0, debounceMs: 50, pythonPath: "/x",
+    contextTokens: 0, kvCacheMb: 0, draftTokens: 0, fimLayout: "spm", maxLatencyMs: 500, threads: 1, debounceMs: 50,
+    warmUp: false, speculate: false, pythonPath: "/x",
   };
   const { options, problems } = initializationOptions((k) => values[k]);
   assert.deepEqual(options, {
     artifact: "tiny-int8", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, multiline: false, blockMaxTokens: 8,
-    contextTokens: 0, kvCacheMb: 0, draftTokens: 0, debounceMs: 50,
+    contextTokens: 0, kvCacheMb: 0, draftTokens: 0, fimLayout: "spm", maxLatencyMs: 500, threads: 1, debounceMs: 50,
+    warmUp: false, speculate: false,
   });
   assert.deepEqual(problems, []);
   assert.ok(!("pythonPath" in options), "client-only settings are not sent");
@@ -42,6 +45,13 @@ test("invalid values fall back to defaults with a problem each", () => {
   assert.ok(problems.some((p) => /draftTokens must be an integer >= 0 and <= 15, got 16; using 8/.test(p)), problems.join("\n"));
   assert.ok(problems.some((p) => /maxNewTokens must be an integer >= 1, got 0; using 48/.test(p)), problems.join("\n"));
   assert.ok(problems.some((p) => /multiline must be true or false, got "yes"; using true/.test(p)), problems.join("\n"));
+});
+
+test("a choice setting accepts only its choices", () => {
+  assert.equal(initializationOptions((k) => (k === "fimLayout" ? "psm-shift" : undefined)).options.fimLayout, "psm-shift");
+  const { options, problems } = initializationOptions((k) => (k === "fimLayout" ? "middle" : undefined));
+  assert.equal(options.fimLayout, "psm");
+  assert.ok(/fimLayout must be one of "psm", "psm-shift", "spm", got "middle"; using "psm"/.test(problems.join("\n")), problems.join("\n"));
 });
 
 test("empty artifact means the active artifact", () => {
