@@ -1,13 +1,12 @@
 """Editor latency in the engine: FIM layouts that survive typing, moved suffix keys, warm-up,
 the suggestion cache, the time budget and the thread count."""
 
-import time
-
 import pytest
 import torch
 
 from pocketpilot.runtime import CompletionEngine, load_model_folder
 from pocketpilot.runtime import engine as engine_module
+from pocketpilot.runtime import threads as threads_module
 from pocketpilot.runtime.decoding import Generation
 from pocketpilot.runtime.settings import EngineSettings
 from pocketpilot.runtime.threads import FreeCores
@@ -151,6 +150,7 @@ def test_free_cores_subtracts_other_programs_load(monkeypatch):
     quiet._mark = (0.0, 0.0, 0.0)
     monkeypatch.setattr(quiet, "_sample", lambda: (1.0, 0.3, 0.3))  # only this process ran
     assert quiet.threads() == 2
-    quiet2 = FreeCores(cores=[0, 1])
-    quiet2._mark = (time.monotonic(), 0.0, 0.0)
-    assert quiet2.threads() == 2  # a window shorter than MIN_WINDOW_S keeps the last answer
+    soon = FreeCores(cores=[0, 1])
+    soon._mark = (10.0, 0.0, 0.0)
+    monkeypatch.setattr(soon, "_sample", lambda: (10.0 + threads_module.MIN_WINDOW_S / 2, 5.0, 0.0))
+    assert soon.threads() == 2  # a window shorter than MIN_WINDOW_S keeps the last answer
