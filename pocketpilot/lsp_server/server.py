@@ -56,6 +56,7 @@ class PocketPilotServer(LanguageServer):
         self.last_reused_tokens: int | None = None
         self.last_typed_ahead: bool | None = None
         self.last: dict = {}  # figures of the last completion for the status notification
+        self.max_threads: int | None = None  # torch's threads at the first model load: adaptation's ceiling
         self._waiting = 0  # user requests submitted to the inference thread and not yet started
         self._waiting_lock = threading.Lock()
         self._idle: dict[str, int] = {}  # document URI -> ticket of its newest background job
@@ -234,7 +235,10 @@ class PocketPilotServer(LanguageServer):
             log.warning("%s", exc)
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"PocketPilot: {exc}"))
             return
-        self.engine = CompletionEngine(loaded, self.settings.engine_settings())
+        import torch  # loaded with the model by now
+
+        self.max_threads = self.max_threads or torch.get_num_threads()  # before any adaptation lowers it
+        self.engine = CompletionEngine(loaded, self.settings.engine_settings(), max_threads=self.max_threads)
         self.model_name = loaded.folder.name
         self.end_progress(token, f"{self.model_name} ready")
         self.set_state("ready")

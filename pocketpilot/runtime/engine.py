@@ -132,10 +132,13 @@ class CompletionEngine:
         docs: per-document state, least recently used dropped beyond ``settings.kv_cache_mb``.
         suggestions: recent suggestions keyed by their context (:class:`Suggestions`).
         cores: measures the cores other programs leave free (``settings.threads`` 0).
+        max_threads: most threads an adaptive count (``settings.threads`` 0) gives the model: the
+            ``max_threads`` argument, else torch's thread count when the engine was made.
         kv_bytes_per_token: bytes of keys + values per cached token (bytes).
     """
 
-    def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None,
+                 max_threads: int | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.backend = loaded.backend()  # torch, or llama.cpp for a GGUF artifact
@@ -151,6 +154,7 @@ class CompletionEngine:
         self.docs = DocStates(self.kv_bytes_per_token)
         self.suggestions = Suggestions()
         self.cores = FreeCores()
+        self.max_threads = max_threads or torch.get_num_threads()
         self._decode_text = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
 
     @property
@@ -341,8 +345,9 @@ class CompletionEngine:
                                snippets, limit, block, s.fim_layout)
 
     def _use_threads(self) -> int:
-        """Set the backend's threads from ``settings.threads`` or, for 0, the cores free now; returns them."""
-        threads = self.settings.threads or self.cores.threads()
+        """Set the backend's threads from ``settings.threads`` or, for 0, the cores free now but at most
+        :attr:`max_threads` (what the caller set up: a benchmark at one thread stays at one); returns them."""
+        threads = self.settings.threads or min(self.max_threads, self.cores.threads())
         self.backend.set_threads(threads)
         return threads
 

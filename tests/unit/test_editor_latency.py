@@ -132,9 +132,12 @@ def test_thread_setting_is_honoured_and_auto_uses_the_free_cores(tiny_teacher, m
     try:
         eng = _engine(tiny_teacher, threads=1)
         assert eng.complete("def add(a, b):\n    return", "\n").threads == 1 and torch.get_num_threads() == 1
-        auto = _engine(tiny_teacher)
+        auto = CompletionEngine(load_model_folder(tiny_teacher), EngineSettings(), max_threads=2)
         monkeypatch.setattr(auto.cores, "threads", lambda: 2)
         assert auto.complete("def greet(name):\n    print", "\n").threads == 2 and torch.get_num_threads() == 2
+        capped = CompletionEngine(load_model_folder(tiny_teacher), EngineSettings(), max_threads=1)
+        monkeypatch.setattr(capped.cores, "threads", lambda: 2)  # free cores never raise it past the caller's
+        assert capped.complete("import os\npath = os", "\n").threads == 1
     finally:
         torch.set_num_threads(before)
 
