@@ -1,29 +1,16 @@
 """The server hides latency: warm-up on focus, the speculative next suggestion, the thread setting."""
 
 import asyncio
-import sys
 
 import pytest
-import pytest_lsp
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig, LanguageClient
+from pytest_lsp import LanguageClient
 
-from tests.e2e.test_lsp import URI, _inline_params, _open, _start
+from tests.e2e.test_lsp import URI, _env, _inline_params, _open, _start, client  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.e2e
 LONG = "import os\n\n" + "def add(a, b):\n    return a + b\n\n" * 8 + "def add(a, b):\n    return\n"
 LINE = LONG.count("\n") - 1  # the last line, "    return"
-
-
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "pocketpilot", "serve"]))
-async def client(lsp_client: LanguageClient, tiny_home):
-    yield lsp_client
-    await lsp_client.shutdown_session()
-
-
-@pytest.fixture(autouse=True)
-def _env(tiny_home, monkeypatch):
-    monkeypatch.setenv("POCKETPILOT_HOME", str(tiny_home))
 
 
 async def _status_after(client: LanguageClient, params: types.InlineCompletionParams):
