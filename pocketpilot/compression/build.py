@@ -31,8 +31,10 @@ from pocketpilot.store import (
     TeacherRecord,
     artifacts_dir,
     atomic_dir,
+    build_lock,
     file_records,
     folder_bytes,
+    is_weight_file,
     no_progress,
     set_active,
     verify_artifact,
@@ -126,27 +128,31 @@ def build_artifact(
     Raises:
         PocketPilotError: out of disk space or not writable (nothing half-written is left behind).
         ArtifactError: the artifact written does not verify against its own manifest.
+
+    Holds :func:`pocketpilot.store.build_lock` throughout (one build at a time per cache); stale
+    partial builds of killed commands are removed (:func:`pocketpilot.store.atomic_dir`).
     """
     progress = progress or no_progress
     final = artifacts_dir() / artifact_id
-    manifest = cached(artifact_id, teacher_obj, progress) if reuse else None
-    reused = manifest is not None
-    if reused:
-        progress(f"reusing cached artifact {artifact_id} (use --force to rebuild)", 1.0)
-    else:
-        with atomic_dir(final) as tmp:
-            written = write(tmp)
-            copy_tokenizer_files(teacher_obj.folder, tmp)
-            manifest = new_manifest(tmp, artifact_id, teacher_obj, written)
-            if eval_tasks > 0:
-                progress(f"measuring teacher and artifact on {eval_tasks} line-completion tasks", 0.5)
-                manifest.metrics = measure(teacher_obj, tmp, eval_tasks, progress)
-            manifest.folder_bytes = folder_bytes(tmp)
-            write_manifest(tmp, manifest)
-            verify_artifact(tmp)
-        progress(f"artifact {artifact_id} ready", 1.0)
-    if activate:
-        set_active(artifact_id)
+    with build_lock(progress):
+        manifest = cached(artifact_id, teacher_obj, progress) if reuse else None
+        reused = manifest is not None
+        if reused:
+            progress(f"reusing cached artifact {artifact_id} (use --force to rebuild)", 1.0)
+        else:
+            with atomic_dir(final) as tmp:
+                written = write(tmp)
+                copy_tokenizer_files(teacher_obj.folder, tmp)
+                manifest = new_manifest(tmp, artifact_id, teacher_obj, written)
+                if eval_tasks > 0:
+                    progress(f"measuring teacher and artifact on {eval_tasks} line-completion tasks", 0.5)
+                    manifest.metrics = measure(teacher_obj, tmp, eval_tasks, progress)
+                manifest.folder_bytes = folder_bytes(tmp)
+                write_manifest(tmp, manifest)
+                verify_artifact(tmp)
+            progress(f"artifact {artifact_id} ready", 1.0)
+        if activate:
+            set_active(artifact_id)
     return CompressResult(artifact_id, final, reused, manifest)
 
 
@@ -167,7 +173,7 @@ def new_manifest(folder: Path, artifact_id: str, teacher_obj: Teacher, written: 
     spec = teacher_obj.spec
     files = file_records(folder)
     n = written.teacher_params
-    artifact_bytes = sum(f["bytes"] for f in files.values())
+    artifact_bytes = sum(f["bytes"] for name, f in files.items() if is_weight_file(Path(name).name))
     teacher = TeacherRecord(spec=spec.spec, kind=spec.kind, source=teacher_obj.source, sha256=teacher_obj.source_sha256,
                             folder=str(teacher_obj.folder), bytes=teacher_obj.bytes, fp32_bytes=4 * n, params=n)
     return Manifest(

@@ -43,8 +43,8 @@ def read_gbps(gib: float = 1.0, repeats: int = 5) -> float:
 
 def load_shipped_gguf(gguf: Path, teacher_folder: Path, threads: int) -> LoadedModel:
     """The teacher's own GGUF file run by llama.cpp, with the teacher folder's tokenizer and config."""
-    tok = AutoTokenizer.from_pretrained(teacher_folder, local_files_only=True)
-    config = AutoConfig.from_pretrained(teacher_folder, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(teacher_folder, local_files_only=True, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(teacher_folder, local_files_only=True, trust_remote_code=False)
     model = LlamaCppModel(gguf, config, LlamaContext(gguf, threads=threads))
     return LoadedModel(model=model, tokenizer=tok, dtype=torch.float16, folder=gguf.parent, engine="llama.cpp")
 

@@ -1,6 +1,9 @@
 """Load a model folder (a plain Hugging Face folder or a PocketPilot artifact) for inference.
 
-Never touches the network: everything is read with ``local_files_only=True``.
+Never touches the network: everything is read with ``local_files_only=True``. Never runs code
+shipped with a model: ``trust_remote_code=False`` everywhere, and a folder that needs such code
+is refused with one line (:func:`pocketpilot.teachers.refuse_custom_code`). An artifact is
+checked whole against its manifest before it is read (:func:`pocketpilot.store.verify_artifact`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,16 @@ from accelerate import init_empty_weights
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from pocketpilot.errors import ArtifactError, UnknownTeacherError
-from pocketpilot.store import MANIFEST, artifacts_dir, list_artifacts, rebuild_command, resolve_artifact, verify_artifact
-from pocketpilot.teachers import ACCEPTED_FORMS, fetch_teacher, parse_spec
+from pocketpilot.errors import ArtifactError, CustomCodeError, PocketPilotError, UnknownTeacherError
+from pocketpilot.store import (
+    artifacts_dir,
+    is_artifact_folder,
+    list_artifacts,
+    rebuild_command,
+    resolve_artifact,
+    verify_artifact,
+)
+from pocketpilot.teachers import ACCEPTED_FORMS, fetch_teacher, parse_spec, refuse_custom_code
 from pocketpilot.runtime.backends import Backend, TorchBackend
 from pocketpilot.runtime.fuse import fuse_projections
 from pocketpilot.runtime.int4 import Int4Linear
@@ -99,35 +109,45 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"no model in {folder} (config.json missing)")
-    if (folder / GGUF_FILE).is_file():
-        return _load_gguf(folder, device)
+    refuse_custom_code(folder)
+    try:
+        if (folder / GGUF_FILE).is_file():
+            return _load_gguf(folder, device)
+        return _load_torch(folder, dtype, device)
+    except PocketPilotError:
+        raise
+    except Exception as exc:  # any library's error for unreadable or inconsistent files: one line
+        log.debug("loading %s failed", folder, exc_info=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ArtifactError(f"cannot load model from {folder}: {type(exc).__name__}: {first}") from exc
+
+
+def _load_torch(folder: Path, dtype: torch.dtype | None, device: str) -> LoadedModel:
+    """A transformers model: float / bitsandbytes weights, or int8 / int4 ones with a ``quantization.json`` sidecar."""
     quant = None
     if (folder / QUANT_FILE).is_file():
         quant = json.loads((folder / QUANT_FILE).read_text())
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        if quant is None:
-            if dtype is None:
-                dtype = _config_dtype(config)
-            bnb = "quantization_config" in json.loads((folder / "config.json").read_text())
-            if bnb:  # bitsandbytes logs a cast warning on every LLM.int8 matmul on CPU
-                logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
-                                                         **({"device_map": device} if bnb else {}))
-            if not bnb and device != "cpu":
-                model.to(device)
-        else:
-            if quant.get("format") != INT8_FORMAT:
-                raise ArtifactError(f"{folder / QUANT_FILE}: unsupported format {quant.get('format')!r}")
-            dtype = dtype or dtype_from_name(quant["compute_dtype"])
-            model = _load_int8(folder, config, quant, dtype)
-            if device != "cpu":
-                model.to(device)
-    except ArtifactError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ArtifactError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(quant, dict) or quant.get("format") != INT8_FORMAT:
+            found = quant.get("format") if isinstance(quant, dict) else type(quant).__name__
+            raise ArtifactError(f"{folder / QUANT_FILE}: unsupported format {found!r}")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if quant is None:
+        if dtype is None:
+            dtype = _config_dtype(config)
+        bnb = "quantization_config" in json.loads((folder / "config.json").read_text())
+        if bnb:  # bitsandbytes logs a cast warning on every LLM.int8 matmul on CPU
+            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                     trust_remote_code=False,
+                                                     **({"device_map": device} if bnb else {}))
+        if not bnb and device != "cpu":
+            model.to(device)
+    else:
+        dtype = dtype or dtype_from_name(quant["compute_dtype"])
+        model = _load_int8(folder, config, quant, dtype)
+        if device != "cpu":
+            model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, dtype=dtype, folder=folder, quantization=quant)
 
@@ -136,11 +156,8 @@ def _load_gguf(folder: Path, device: str) -> LoadedModel:
     """A llama.cpp artifact: ``model.gguf`` run by llama.cpp, the folder's tokenizer and config."""
     if device != "cpu":
         raise ArtifactError(f"{folder} is a llama.cpp artifact; it runs on the CPU (device 'cpu')")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(f"cannot load the tokenizer or config of {folder}: {str(exc).splitlines()[0]}") from exc
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     model = load_gguf_folder(folder, tokenizer, config)
     return LoadedModel(model=model, tokenizer=tokenizer, dtype=torch.float16, folder=folder, engine="llama.cpp")
 
@@ -210,17 +227,38 @@ def install_int8_modules(model, quant: dict, dtype: torch.dtype) -> None:
 def load_artifact(name: str | None = None):
     """Verify and load an artifact (id, folder, or ``None`` for the active one).
 
+    Every file of the folder is checked against the manifest first (:func:`verify_artifact`); a
+    folder without a manifest is no artifact and is refused.
+
     Returns a :class:`pocketpilot.runtime.LoadedModel`.
 
     Raises:
         ArtifactError: missing, partial or corrupt; the message gives the rebuild command.
+        CustomCodeError: the folder needs code shipped with it.
     """
     folder = resolve_artifact(name)
     manifest = verify_artifact(folder)
     try:
         return load_model_folder(folder)
+    except CustomCodeError:
+        raise
     except ArtifactError as exc:
         raise ArtifactError(f"{exc}; rebuild it with: {rebuild_command(manifest, folder.name)}") from None
+
+
+def _resolve(name: str | None) -> tuple[Path, bool]:
+    """``(folder, is_artifact)`` behind a model name (see :func:`load_any`); teacher specs are fetched."""
+    is_id = name is not None and os.sep not in name and (artifacts_dir() / name).is_dir()  # not a path
+    if name is None or is_id or is_artifact_folder(Path(name)):
+        return resolve_artifact(name), True
+    try:
+        spec = parse_spec(name)
+    except UnknownTeacherError:
+        cached = ", ".join(r["id"] for r in list_artifacts()) or "none yet"
+        raise UnknownTeacherError(
+            f"{name!r} is neither a cached artifact (cached: {cached}) nor a teacher ({ACCEPTED_FORMS})"
+        ) from None
+    return fetch_teacher(spec).folder, False
 
 
 def resolve_any(name: str | None = None) -> Path:
@@ -229,34 +267,24 @@ def resolve_any(name: str | None = None) -> Path:
     A teacher spec is fetched and converted once, as :func:`load_any` does.
 
     Raises:
-        ArtifactError, UnknownTeacherError, FetchError: with one-line messages.
+        ArtifactError, UnknownTeacherError, FetchError, CustomCodeError: with one-line messages.
     """
-    is_id = name is not None and os.sep not in name and (artifacts_dir() / name).is_dir()  # not a path
-    if name is None or is_id or (Path(name).expanduser() / MANIFEST).is_file():
-        return resolve_artifact(name)
-    try:
-        spec = parse_spec(name)
-    except UnknownTeacherError:
-        cached = ", ".join(r["id"] for r in list_artifacts()) or "none yet"
-        raise UnknownTeacherError(
-            f"{name!r} is neither a cached artifact (cached: {cached}) nor a teacher ({ACCEPTED_FORMS})"
-        ) from None
-    return fetch_teacher(spec).folder
+    return _resolve(name)[0]
 
 
 def load_any(name: str | None = None):
     """Load a model for inference by any name a user may give.
 
-    ``name`` may be a cached artifact id, an artifact folder (verified against its manifest),
-    a plain Hugging Face folder, or a teacher spec (packaged alias, ``hf:``, ``.gguf``: fetched
-    and converted once). ``None`` loads the active artifact.
+    ``name`` may be a cached artifact id or an artifact folder (one with a ``manifest.json``, or
+    any folder under the cache's ``artifacts/``: checked whole against its manifest, and refused
+    without one), an explicit plain Hugging Face folder elsewhere (loaded as it is), or a teacher
+    spec (packaged alias, ``hf:``, ``.gguf``: fetched and converted once, its files re-hashed).
+    ``None`` loads the active artifact.
 
     Returns a :class:`pocketpilot.runtime.LoadedModel`.
 
     Raises:
-        ArtifactError, UnknownTeacherError, FetchError: with one-line messages.
+        ArtifactError, UnknownTeacherError, FetchError, CustomCodeError: with one-line messages.
     """
-    folder = resolve_any(name)
-    if (folder / MANIFEST).is_file():
-        return load_artifact(folder)
-    return load_model_folder(folder)
+    folder, is_artifact = _resolve(name)
+    return load_artifact(folder) if is_artifact else load_model_folder(folder)

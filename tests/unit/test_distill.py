@@ -269,9 +269,9 @@ def test_bad_input_is_one_clear_line_and_leaves_no_artifact(case, message, deep_
 
         monkeypatch.setattr(PreTrainedModel, "save_pretrained", half_written)
     elif case == "disk full writing a checkpoint":
-        from accelerate import Accelerator
+        from pocketpilot.compression.distill import checkpoint
 
-        monkeypatch.setattr(Accelerator, "save_state", _enospc)
+        monkeypatch.setattr(checkpoint, "save_model", _enospc)
     elif case == "too little free space":
         usage = namedtuple("usage", "total used free")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
@@ -326,7 +326,7 @@ def test_a_broken_checkpoint_says_to_start_over(deep_teacher, corpus, pp_home):
     run = dict(corpus=corpus, show_progress=False, **FAST)
     distill(str(deep_teacher), 2, steps=2, **run)
     (ckpt,) = (pp_home / "runs").glob("*/checkpoint")
-    (ckpt / "optimizer.bin").unlink()
+    (ckpt / "optimizer.safetensors").unlink()
     with pytest.raises(PocketPilotError, match="cannot resume from .*; start over with --no-resume"):
         distill(str(deep_teacher), 2, steps=4, **run)
     assert distill(str(deep_teacher), 2, steps=4, resume=False, **run).manifest.recipe["steps"] == 4

@@ -7,18 +7,17 @@
 :meth:`~DistillRun.save` (the student written through
 :func:`pocketpilot.compression.build.build_artifact`).
 
-Training goes through ``accelerate`` (``Accelerator.prepare``, ``backward``,
-``save_state``/``load_state``), so the same code runs on CPU, one GPU, or several with
-``accelerate launch -m pocketpilot distill ...``. The run folder
+Training goes through ``accelerate`` (``Accelerator.prepare``, ``backward``), so the same
+code runs on CPU, one GPU, or several with ``accelerate launch -m pocketpilot distill ...``. The run folder
 (``<home>/runs/<teacher>-distill<N>-<key>/``, the key hashes every setting that changes the
 result) holds the tokenized data and the last checkpoint, so running the same command again
 resumes where it stopped; the budget (``steps`` / ``minutes``) counts the whole run,
-resumes included.
+resumes included. Checkpoints hold safetensors and JSON only (:mod:`.checkpoint`): resuming
+never unpickles anything from the run folder.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -39,6 +38,7 @@ from pocketpilot.compression.distill.checkpoint import (
     drop_checkpoints,
     find_checkpoint,
     free_bytes,
+    load_checkpoint,
     save_checkpoint,
 )
 from pocketpilot.compression.distill.config import DistillConfig, command_line, run_key
@@ -212,7 +212,7 @@ class DistillRun:
         folder = self.teacher_obj.folder
         self.progress(f"loading teacher {self.teacher_obj.spec.spec} on {self.device} "
                       f"({self.accelerator.num_processes} process(es))", 0.05)
-        self.teacher_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        self.teacher_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True, trust_remote_code=False)
         self.teacher_model.eval().requires_grad_(False)
         self.n_teacher_layers = self.teacher_model.config.num_hidden_layers
         self.layer_map = student_layer_map(self.n_teacher_layers, self.cfg.n_layers)
@@ -220,7 +220,7 @@ class DistillRun:
         if max_pos and self.cfg.block_tokens > max_pos:
             raise PocketPilotError(f"--block-tokens {self.cfg.block_tokens} exceeds the teacher's context "
                                    f"({max_pos} tokens)")
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         self.n_teacher_params = sum(p.numel() for p in self.teacher_model.parameters())
 
     def _open_run_dir(self, resume: bool) -> None:
@@ -281,9 +281,8 @@ class DistillRun:
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        # the scheduler is not prepared (accelerate would step it once per process): one step per optimizer step
         self.student, self.optimizer, self.loader = self.accelerator.prepare(self.student, optimizer, loader)
-        # not prepared (accelerate would step it once per process): one scheduler step per optimizer step
-        self.accelerator.register_for_checkpointing(self.scheduler)
         self.teacher_model.to(self.device)
         self.n_batches = len(self.loader)
         if self.n_batches == 0:
@@ -295,13 +294,8 @@ class DistillRun:
 
     def _resume(self, resume: bool) -> None:
         ckpt = find_checkpoint(self.run_dir) if resume else None
-        if ckpt is not None:
-            try:
-                self.state = json.loads((ckpt / "progress.json").read_text())
-                self.accelerator.load_state(str(ckpt))
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                raise PocketPilotError(f"cannot resume from {ckpt} ({str(exc).splitlines()[0][:160]}); "
-                                       "start over with --no-resume") from None
+        if ckpt is not None:  # safetensors and JSON only: resuming runs no code from the run folder
+            self.state = load_checkpoint(ckpt, self.accelerator, self.student, self.optimizer, self.scheduler)
             self.state["resumed_from_step"] = self.state["step"]
             self.progress(f"resuming {self.run_dir.name} from step {self.state['step']}", 0.15)
         if self.state["teacher_val_ce"] is None:
@@ -426,7 +420,7 @@ class DistillRun:
         Raises:
             PocketPilotError: out of disk space (the previous checkpoint is kept).
         """
-        save_checkpoint(self.accelerator, self.run_dir, self.state)
+        save_checkpoint(self.accelerator, self.run_dir, self.state, self.student, self.optimizer, self.scheduler)
         self.saved_step = self.state["step"]
 
     # ------------------------------------------------------------------ artifact

@@ -31,7 +31,7 @@ def bnb_quantize(model, out: Path, quant_config, dtype) -> dict:
     try:
         qmodel = AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=quant_config, dtype=dtype,
                                                       device_map="cuda" if torch.cuda.is_available() else "cpu",
-                                                      local_files_only=True)
+                                                      local_files_only=True, trust_remote_code=False)
         qmodel.save_pretrained(out, safe_serialization=True)
     finally:
         shutil.rmtree(float_dir, ignore_errors=True)

@@ -58,7 +58,7 @@ def write_gguf_from_folder(folder: Path, out: Path, type_name: str, tokenizer_gg
 
     from pocketpilot.compression.gguf_export import export_gguf
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True, trust_remote_code=False)
     f32 = out / "export.f32.gguf"
     try:
         export_gguf(model, f32, tokenizer_gguf)

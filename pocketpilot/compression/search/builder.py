@@ -62,9 +62,9 @@ class Builder:
         self.progress = progress
         # a short distillation reads a few hundred thousand tokens at most: tokenize no more than that
         self.distill_settings = {"max_tokens": 1 << 18, **(distill_settings or {})}
-        self.model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(teacher_obj.folder, dtype=torch.float32, local_files_only=True, trust_remote_code=False)
         self.model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(teacher_obj.folder, local_files_only=True, trust_remote_code=False)
         self.calibration = calibration_batches(self.tokenizer)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self._influence = None

@@ -301,7 +301,7 @@ def make_space(teacher_obj, *, max_bytes: int | None = None, max_params: int | N
     Raises:
         PocketPilotError: a requested method is not installed here.
     """
-    shape = shape_of(AutoConfig.from_pretrained(teacher_obj.folder, local_files_only=True), teacher_obj.spec.spec)
+    shape = shape_of(AutoConfig.from_pretrained(teacher_obj.folder, local_files_only=True, trust_remote_code=False), teacher_obj.spec.spec)
     offered = available_quants()
     missing = [q for q in quants or () if q not in offered]
     if missing:
