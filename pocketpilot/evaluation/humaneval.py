@@ -17,7 +17,8 @@ first half of the canonical solution), so their nominal is ``humaneval_partial.j
 other categories perturb the plain HumanEval prompts.
 
 Generated code runs in a separate, resource-limited process (:mod:`.sandbox`), one problem at a
-time. Data: ``recode/`` in the data folder (:func:`data_dir`).
+time, isolated where the OS allows it; each result says how (``"sandbox"``: "isolated: ..." or
+"not isolated: <reason>"). Data: ``recode/`` in the data folder (:func:`data_dir`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Callable, Iterable
 from pocketpilot.errors import PocketPilotError
 from pocketpilot.evaluation.data import DATA_ENV
 from pocketpilot.evaluation.data import data_dir as _data_dir
-from pocketpilot.evaluation.sandbox import SandboxResult, run_program
+from pocketpilot.evaluation.sandbox import SandboxResult, isolation, run_program
 
 #: Standard HumanEval/Codex stop sequences for a function body.
 STOP_SEQUENCES = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
@@ -268,10 +269,11 @@ def evaluate_humaneval(loaded, problems: list[dict], progress: Callable[[Iterabl
         cache: generations and sandbox results to reuse and extend (default: a fresh one).
 
     Returns:
-        ``{"n", "pass@1", "results", "gen_ms_total"}``: pass@1 in percent; ``results`` lists
+        ``{"n", "pass@1", "results", "gen_ms_total", "sandbox"}``: pass@1 in percent; ``results`` lists
         ``{"task_id", "status", "new_tokens", "ms", "cached"}`` (``ms``: generation time;
         ``cached``: the completion was reused); ``gen_ms_total``: time spent generating in
-        this call (ms; cached completions cost nothing).
+        this call (ms; cached completions cost nothing); ``sandbox``: how the code ran
+        (:func:`.sandbox.isolation`'s description).
     """
     cache = cache if cache is not None else EvalCache()
     results, passed, gen_ms = [], 0, 0.0
@@ -286,7 +288,7 @@ def evaluate_humaneval(loaded, problems: list[dict], progress: Callable[[Iterabl
         results.append({"task_id": prob["task_id"], "status": res.status, "new_tokens": stats["new_tokens"],
                         "ms": stats["ms"], "cached": cached})
     return {"n": len(results), "pass@1": _pct(passed, len(results)), "results": results,
-            "gen_ms_total": round(gen_ms, 1)}
+            "gen_ms_total": round(gen_ms, 1), "sandbox": isolation().description}
 
 
 def recode_sets(folder: Path | None = None) -> dict[str, dict[str, Path]]:
@@ -322,7 +324,7 @@ def evaluate_recode(loaded, categories: list[str] | None = None, transforms: lis
 
     Returns:
         ``{"n", "nominal", "partial_nominal", "perturbed", "categories", "details",
-        "generations", "gen_ms_total"}``: ``nominal`` is pass@1 (percent) on ``HumanEval.jsonl``;
+        "generations", "gen_ms_total", "sandbox"}``: ``nominal`` is pass@1 (percent) on ``HumanEval.jsonl``;
         ``partial_nominal`` on ``humaneval_partial.jsonl`` (``None`` unless a
         :data:`PARTIAL_CATEGORIES` category is chosen); ``perturbed`` maps
         ``"category/transform"`` to pass@1; ``categories`` maps each category to
@@ -362,6 +364,7 @@ def evaluate_recode(loaded, categories: list[str] | None = None, transforms: lis
         "details": run.details,
         "generations": len(run.cache.generations),
         "gen_ms_total": round(sum(d["gen_ms_total"] for d in run.details.values()), 1),
+        "sandbox": isolation().description,
     }
 
 

@@ -114,7 +114,7 @@ def markdown(result: dict, plots: dict[str, Path] | None = None, relative_to: Pa
     """
     models = result["models"]
     out = _header(result)
-    for section in (_lines_section, _codexglue_section, _humaneval_section, _cost_section):
+    for section in (_lines_section, _codexglue_section, _humaneval_section, _summarize_section, _cost_section):
         out += section(models)
     out += _ratios_section(models, result.get("ratios") or {})
     for name, path in (plots or {}).items():
@@ -130,12 +130,13 @@ def _header(result: dict) -> list[str]:
     out = ["# PocketPilot evaluation", ""]
     out.append(f"Suites: {', '.join(cfg['suites'])}; seed {cfg['seed']}"
                + (f"; limit {cfg['limit']}" if cfg.get("limit") else "") + f"; wall time {result.get('wall_s', 0):.0f} s.")
-    for key in ("tasks", "codexglue", "humaneval"):
+    for key in ("tasks", "codexglue", "humaneval", "summarize"):
         if cfg.get(key):
             out.append(f"- {key}: {cfg[key]}")
     if cfg.get("checkpoint"):
-        reused = sum((m.get(s) or {}).get("reused", 0) for m in models.values() for s in ("lines", "codexglue", "cost"))
-        out.append(f"- checkpoint: {cfg['checkpoint']} ({reused} line completions and cost results taken from "
+        reused = sum((m.get(s) or {}).get("reused", 0) for m in models.values()
+                     for s in ("lines", "codexglue", "summarize", "cost"))
+        out.append(f"- checkpoint: {cfg['checkpoint']} ({reused} line completions, docstrings and cost results taken from "
                    f"it, made by earlier runs or for a repeated input in this one, with the latencies measured "
                    f"when each was made)")
     out.append("")
@@ -181,14 +182,17 @@ def _humaneval_section(models: dict) -> list[str]:
             if c not in cats:
                 cats.append(c)
     cols = ["HumanEval"] + [f"{c} mean (drop)" for c in cats] + (["worst-case drop"] if cats else [])
-    out = ["## HumanEval and ReCode robustness (pass@1 %, greedy, sandboxed)", "",
+    out = ["## HumanEval and ReCode robustness (pass@1 %, greedy)", "",
            "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for label, m in models.items():
         he, rec = m.get("humaneval") or {}, m.get("recode") or {}
         if he or rec:
             out.append(f"| {label} | " + " | ".join(_humaneval_cells(he, rec, cats)) + " |")
+    how = sorted({r["sandbox"] for m in models.values() for r in (m.get("humaneval"), m.get("recode"))
+                  if r and r.get("sandbox")})
     return out + ["", "Drop = nominal minus perturbed pass@1, percentage points (ReCode, Wang et al. 2022); "
-                  "`format` and `natgen` are measured against the partial-code nominal.", ""]
+                  "`format` and `natgen` are measured against the partial-code nominal.", ""] + [
+                  f"Generated code ran {h}." for h in how] + ([""] if how else [])
 
 
 def _humaneval_cells(he: dict, rec: dict, cats: list[str]) -> list[str]:
@@ -201,6 +205,21 @@ def _humaneval_cells(he: dict, rec: dict, cats: list[str]) -> list[str]:
         worst = max((v["drop_worst"] for v in rec.get("categories", {}).values()), default=None)
         cells.append(_fmt(worst, ".1f"))
     return cells
+
+
+def _summarize_section(models: dict) -> list[str]:
+    """The summarization table (BLEU-4, ROUGE-L, p50 / p95 ms, functions cut, empty answers), or nothing."""
+    if not any(m.get("summarize") for m in models.values()):
+        return []
+    out = ["## Code summarization (docstrings; CodeXGLUE smoothed BLEU-4, ROUGE-L F1)", "",
+           "| model | BLEU-4 | ROUGE-L | p50 ms | p95 ms | cut | empty |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, m in models.items():
+        r = m.get("summarize") or {}
+        if r:
+            out.append(f"| {label} | {_fmt(r['bleu'])} | {_fmt(r['rouge_l'])} | {_fmt(r['latency_ms_p50'], '.0f')} | "
+                       f"{_fmt(r['latency_ms_p95'], '.0f')} | {r.get('cut', 0)} | {r.get('empty', 0)} |")
+    return out + ["", "Against each function's own docstring summary (its first paragraph); cut = functions shortened "
+                  "to fit the prompt, empty = no usable docstring written.", ""]
 
 
 def _cost_section(models: dict) -> list[str]:
@@ -237,7 +256,7 @@ def _ratios_section(models: dict, rat: dict) -> list[str]:
     out = [f"## Ratios to {first}", "", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for label, r in rat.items():
         out.append(f"| {label} | " + " | ".join(_fmt(r.get(k), ".3f") for k in keys) + " |")
-    return out + ["", "Value / reference: above 1 is better for ES, EM and pass@1, below 1 is better for latency, "
+    return out + ["", "Value / reference: above 1 is better for ES, EM, pass@1, BLEU and ROUGE-L, below 1 is better for latency, "
                   "memory, energy and size.", ""]
 
 

@@ -4,8 +4,9 @@ Suites (:data:`SUITES`, the one table of them):
 
 - ``lines``: line completion on raw code (:mod:`.tasks`, :mod:`.line_completion`): ES / EM.
 - ``codexglue``: CodeXGLUE line completion (py150 or Java dev split) with the official metrics (:mod:`.codexglue`).
-- ``humaneval``: HumanEval pass@1, greedy, executed in a sandboxed child process (:mod:`.humaneval`).
+- ``humaneval``: HumanEval pass@1, greedy; the code runs in :mod:`.sandbox` (:mod:`.humaneval`).
 - ``recode``: ReCode robustness: pass@1 on every perturbed set, per category, robust drop (:mod:`.humaneval`).
+- ``summarize``: docstrings for documented functions: CodeXGLUE smoothed BLEU-4, ROUGE-L, latency (:mod:`.summarize`).
 - ``cost``: size, load time, peak RSS, prefill / decode latency, one-line p50 / p95, tokens/s,
   energy and CO2e per 1000 completions, in a child process per model (:mod:`.cost`).
 
@@ -29,6 +30,7 @@ from pocketpilot.evaluation.checkpoint import Checkpoint, CheckpointedEngine, Ch
 from pocketpilot.evaluation.codexglue import evaluate_codexglue, load_examples
 from pocketpilot.evaluation.humaneval import EvalCache, evaluate_humaneval, evaluate_recode, load_problems
 from pocketpilot.evaluation.line_completion import evaluate_lines
+from pocketpilot.evaluation.summarize import checkpoint_settings, evaluate_summaries, make_summary_tasks
 from pocketpilot.evaluation.tasks import make_tasks
 from pocketpilot.store import read_manifest, resolve_artifact, weight_files
 from pocketpilot.teachers import parse_spec, teacher_gguf
@@ -97,6 +99,7 @@ class _Inputs:
     limit: int | None
     recode_categories: list[str] | None
     cost_completions: int
+    summaries: list[dict] | None = None
 
 
 class _ModelRun:
@@ -203,6 +206,15 @@ def _suite_recode(run: _ModelRun) -> dict:
     return rec
 
 
+def _suite_summarize(run: _ModelRun) -> dict:
+    run.engine()  # the plain engine (docstrings are checkpointed by the suite itself)
+    res = _timed(evaluate_summaries, run._engine, run.inputs.summaries, progress=_tqdm(f"{run.label} summarize"),
+                 scope=run.scope("summarize", checkpoint_settings()))
+    run.log(f"   summarize: n={res['n']} BLEU {res['bleu']:.2f} ROUGE-L {res['rouge_l']:.2f} "
+            f"p50 {res['latency_ms_p50']} ms ({res['wall_s']} s)")
+    return res
+
+
 def _suite_cost(run: _ModelRun) -> dict:
     tasks = run.inputs.tasks
     return _cost(run.name, tasks, min(run.inputs.cost_completions, len(tasks)), run.log, run.scope("cost"))
@@ -231,7 +243,8 @@ class Suite:
         run: ``run(model_run) -> result dict`` for one model.
         in_process: runs on the model loaded in this process (``cost`` loads it in a child process).
         needs: the inputs it reads, prepared once for all models: ``"tasks"`` (raw-code
-            line-completion tasks), ``"examples"`` (CodeXGLUE), ``"problems"`` (HumanEval).
+            line-completion tasks), ``"examples"`` (CodeXGLUE), ``"problems"`` (HumanEval), ``"summaries"``
+            (summarization tasks).
     """
 
     run: Callable[[_ModelRun], dict]
@@ -245,6 +258,7 @@ SUITES: dict[str, Suite] = {
     "codexglue": Suite(_suite_codexglue, needs=("examples",)),
     "humaneval": Suite(_suite_humaneval, needs=("problems",)),
     "recode": Suite(_suite_recode),  # reads its own problem sets (ReCode's nominal and perturbed files)
+    "summarize": Suite(_suite_summarize, needs=("summaries",)),
     "cost": Suite(_suite_cost, in_process=False, needs=("tasks",)),
 }
 
@@ -310,6 +324,7 @@ def run_eval(
     cost_completions: int = 20,
     baseline: str | None = None,
     checkpoint: str | Path | None = None,
+    summary_tasks: list[dict] | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
     """Evaluate ``models`` on ``suites``; the first model is the reference for ratios.
@@ -328,6 +343,8 @@ def run_eval(
         checkpoint: a JSONL file (:mod:`.checkpoint`) that keeps every model output as it is
             made; outputs already in it (same weights, input and settings) are reused, so an
             interrupted or split evaluation continues where it stopped.
+        summary_tasks: ``summarize`` tasks (default: ``n`` cut from the standard library's documented
+            functions with ``seed``, from the held-out files with ``held_out``).
         log: one-line progress messages.
 
     Returns:
@@ -350,12 +367,13 @@ def run_eval(
     examples = load_examples(codexglue_lang, limit=min(codexglue_n, limit or codexglue_n), seed=seed) \
         if _needs(suites, "examples") else None
     problems = load_problems(limit=limit) if _needs(suites, "problems") else None
+    summaries, summaries_label = _summary_inputs(suites, summary_tasks, n, seed, held_out, limit)
     config = {"suites": suites, "seed": seed, "limit": limit, "tasks": tasks_label if tasks is not None else None,
               "codexglue": f"{codexglue_lang} dev, {len(examples)} examples (seed {seed})" if examples else None,
-              "humaneval": f"{len(problems)} problems" if problems else None,
+              "humaneval": f"{len(problems)} problems" if problems else None, "summarize": summaries_label,
               "recode_categories": recode_categories, "baseline": baseline,
               "checkpoint": str(checkpoint) if checkpoint else None}
-    inputs = _Inputs(tasks, examples, problems, limit, recode_categories, cost_completions)
+    inputs = _Inputs(tasks, examples, problems, limit, recode_categories, cost_completions, summaries)
     out: dict = {"config": config, "models": {model_label(m): _eval_model(m, suites, inputs, log, ckpt) for m in models}}
     if baseline:
         out["models"].update(_run_baseline(models[0], suites, tasks, examples, log))
@@ -364,6 +382,21 @@ def run_eval(
     if ckpt is not None:
         log(ckpt.summary())
     return out
+
+
+def _summary_inputs(suites, tasks, n: int, seed: int, held_out: bool, limit: int | None) -> tuple[list[dict] | None, str | None]:
+    """The ``summarize`` tasks (given, else cut from the standard library) and their label; ``(None, None)`` without the suite."""
+    if not _needs(suites, "summaries"):
+        return None, None
+    label = f"{len(tasks)} given tasks" if tasks is not None else ""
+    if tasks is None:
+        root = default_source_dir()
+        tasks = make_summary_tasks(root, n=n, seed=seed, files=held_out_files([root]) if held_out else None)
+        label = (f"{len(tasks)} documented functions of the Python standard library"
+                 f"{' (held-out files)' if held_out else ''}, seed {seed}")
+    if limit and len(tasks) > limit:
+        tasks, label = tasks[:limit], f"{label} (first {limit})"
+    return tasks, label
 
 
 def _run_baseline(first: str | None, suites, tasks, examples, log) -> dict:
@@ -386,6 +419,7 @@ def _run_baseline(first: str | None, suites, tasks, examples, log) -> dict:
 #: (suite, metric, higher is better) compared across models
 RATIO_METRICS = (("lines", "es", True), ("lines", "em", True), ("lines", "latency_ms_p50", False),
                  ("codexglue", "es", True), ("codexglue", "em", True), ("humaneval", "pass@1", True),
+                 ("summarize", "bleu", True), ("summarize", "rouge_l", True), ("summarize", "latency_ms_p50", False),
                  ("cost", "decode_ms_per_token", False), ("cost", "latency_ms_p50", False),
                  ("cost", "peak_rss_bytes", False), ("cost", "energy_j_per_1000", False))
 
