@@ -335,13 +335,18 @@ def cmd_eval(args) -> int:
         return _eval_output(args, result)
     suites = parse_suites(args.suite)
     models = (args.compare or []) + (args.models or [])
-    tasks = read_tasks(Path(args.tasks)) if args.tasks else None
+    summaries = None
+    if args.tasks and "summarize" in suites:  # --tasks is then a file of summarize tasks
+        from pocketpilot.evaluation.summarize import read_summary_tasks  # lazy: the evaluation package
+
+        summaries = read_summary_tasks(Path(args.tasks))
+    tasks = read_tasks(Path(args.tasks)) if args.tasks and summaries is None else None
     result = run_eval(models or [None], suites, tasks=tasks, tasks_label=f"{args.tasks}" if args.tasks else "",
                       n=args.n, seed=args.seed, limit=args.limit, held_out=args.held_out,
                       codexglue_lang=args.codexglue_lang, codexglue_n=args.codexglue_n,
                       recode_categories=args.recode_categories.split(",") if args.recode_categories else None,
                       cost_completions=args.cost_completions, baseline=args.baseline,
-                      checkpoint=args.checkpoint)
+                      checkpoint=args.checkpoint, summary_tasks=summaries)
     return _eval_output(args, result)
 
 
@@ -554,15 +559,16 @@ def _add_serve(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    e = sub.add_parser("eval", help="measure models: line completion, CodeXGLUE, HumanEval, ReCode, cost; "
+    e = sub.add_parser("eval", help="measure models: line completion, CodeXGLUE, HumanEval, ReCode, summarize, cost; "
                                     "or: eval make-tasks DIR --n N --seed S --out FILE")
     e.add_argument("models", nargs="*", help="artifact ids/folders or teacher specs (default: the active artifact)")
     e.add_argument("--compare", nargs="+", metavar="MODEL",
                    help="models side by side, with ratios to the first (normally the teacher) and a Pareto plot")
     e.add_argument("--suite", default="lines",
-                   help="comma-separated: lines, codexglue, humaneval, recode, cost; or all (default lines)")
-    e.add_argument("--tasks", help="JSONL line-completion tasks (default: cut --n tasks from the Python standard library)")
-    e.add_argument("--n", type=int, default=500, help="raw-code tasks to cut (default 500)")
+                   help="comma-separated: lines, codexglue, humaneval, recode, summarize, cost; or all (default lines)")
+    e.add_argument("--tasks", help="JSONL line-completion tasks (default: cut --n tasks from the Python standard library); "
+                                   "with --suite summarize: JSONL of {id, code, reference, lang}")
+    e.add_argument("--n", type=int, default=500, help="raw-code (and summarize) tasks to cut (default 500)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--limit", type=int, help="at most N items in every suite (quick runs)")
     e.add_argument("--held-out", action="store_true",
