@@ -22,6 +22,7 @@ from pygls.lsp.server import LanguageServer
 
 from pocketpilot import __version__
 from pocketpilot.errors import PocketPilotError, PositionError
+from pocketpilot.lsp_server.code_actions import register as register_code_actions
 from pocketpilot.lsp_server.settings import ServerSettings
 from pocketpilot.runtime.context import best_snippets
 
@@ -338,6 +339,7 @@ class PocketPilotServer(LanguageServer):
 
 
 server = PocketPilotServer()
+register_code_actions(server)  # textDocument/codeAction "PocketPilot: Write docstring", codeAction/resolve
 
 
 @server.feature(types.INITIALIZE)
