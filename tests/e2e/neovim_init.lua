@@ -28,6 +28,8 @@ local report = {
   line_after_accept = nil,
   cursor_after_accept = nil,
   extmarks_after_accept = nil,
+  resolve_supported = nil, -- the client may send codeAction/resolve to the server
+  lines_after_docstring = nil, -- the buffer after applying "PocketPilot: Write docstring"
   elapsed_ms = {},
 }
 
@@ -205,6 +207,26 @@ local function scenario()
   report.line_after_accept = api.nvim_buf_get_lines(bufnr, 1, 2, true)[1]
   report.cursor_after_accept = api.nvim_win_get_cursor(0)
   report.extmarks_after_accept = #ghost_marks(bufnr)
+
+  -- "PocketPilot: Write docstring" through the real code-action API (Normal mode, cursor in the body):
+  -- the server offers the action without an edit, Neovim resolves it (codeAction/resolve) and applies it.
+  api.nvim_input('<Esc>')
+  wait_for('Normal mode', function()
+    return api.nvim_get_mode().mode == 'n'
+  end, 5000)
+  api.nvim_win_set_cursor(0, { 2, 4 })
+  report.resolve_supported = client:supports_method('codeAction/resolve', bufnr)
+  vim.lsp.buf.code_action({
+    apply = true,
+    filter = function(action)
+      return action.title == 'PocketPilot: Write docstring'
+    end,
+  })
+  wait_for('the docstring line', function()
+    return api.nvim_buf_line_count(bufnr) > 2
+  end)
+  mark('docstring')
+  report.lines_after_docstring = api.nvim_buf_get_lines(bufnr, 0, -1, true)
   report.ok = true
 end
 

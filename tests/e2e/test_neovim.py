@@ -5,12 +5,14 @@ Neovim is configured only by ``neovim_init.lua`` (next to this file) with its na
 tiny int8 artifact, and ``vim.lsp.inline_completion.enable()`` turns on ghost text. The Lua script types
 ``A`` on ``    return`` (Insert mode at the end of the line: InsertEnter / CursorMovedI make the module send
 its own debounced ``textDocument/inlineCompletion``), waits for the ghost-text extmark, types ``<Tab>``
-(mapped to ``vim.lsp.inline_completion.get()``), and writes what it saw to a JSON report.
+(mapped to ``vim.lsp.inline_completion.get()``), then applies "PocketPilot: Write docstring" with
+``vim.lsp.buf.code_action`` (resolved by the server), and writes what it saw to a JSON report.
 """
 
 import importlib.util
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -113,3 +115,8 @@ def test_neovim_shows_and_accepts_the_inline_completion(tiny_home, tmp_path):
     assert report["get_returned"] is True, context()
     assert report["line_after_accept"] == "    return a + b", context()
     assert report["cursor_after_accept"] == [2, 16], context()
+    # then "PocketPilot: Write docstring" through vim.lsp.buf.code_action (resolved, applied)
+    assert report["resolve_supported"] is True, context()
+    lines = report["lines_after_docstring"]
+    assert lines[0] == "def add(a, b):" and lines[2:] == ["    return a + b"], context()
+    assert re.fullmatch(r'    """\S.*"""', lines[1]), context()
