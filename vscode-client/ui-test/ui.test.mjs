@@ -1,7 +1,8 @@
 // UI test: the packaged extension (../pocketpilot.vsix) in a real VS Code (code-server 4.139.1 =
 // VS Code 1.139.1, on the Node 24 binary from the npm package `node`), driven by playwright-core
 // and Debian's chromium (headless). It opens a Python file, types, waits for the ghost text from
-// the real server (tiny model), accepts it with Tab and checks the saved buffer.
+// the real server (tiny model), accepts it with Tab and checks the saved buffer; then applies the
+// "PocketPilot: Write docstring" code action once through Refactor... and checks the saved buffer.
 //
 // Setup and run (see ../README.md): `npm run setup && npm test`.
 // Environment: POCKETPILOT_PYTHON (an interpreter with pocketpilot; default python3),
@@ -212,6 +213,46 @@ describe("VS Code UI (code-server + chromium)", { skip: SKIP }, () => {
 
     const status = await page.locator(".statusbar-item", { hasText: "PocketPilot" }).first().innerText();
     assert.match(status, /\d+ ms|\d\.\d s/, `status bar shows the last latency: ${status}`);
+  });
+
+  test("Refactor... offers PocketPilot: Write docstring; choosing it inserts the server's docstring", { timeout: 180_000 }, async () => {
+    // What the server writes for the saved buffer: the same runtime functions, in a child Python.
+    const file = join(work, "project", "example.py");
+    const source = readFileSync(file, "utf8");
+    const script = "import json, sys\n"
+      + "from pocketpilot.runtime.engine import CompletionEngine\n"
+      + "from pocketpilot.runtime.functions import find_function\n"
+      + "from pocketpilot.runtime.loader import load_artifact\n"
+      + "from pocketpilot.runtime.summarize import format_docstring, write_docstring\n"
+      + "src = open(sys.argv[2]).read()\n"
+      + "fn = find_function(src, 1, 4, 'python')\n"
+      + "doc = write_docstring(CompletionEngine(load_artifact(sys.argv[1])), fn)\n"
+      + "print(json.dumps(fn.lead + format_docstring(doc.text, 'python', fn.indent) + fn.trail))\n";
+    const artifact = JSON.parse(readFileSync(join(userData, "User", "settings.json"), "utf8"))["pocketpilot.artifact"];
+    const inserted = JSON.parse(String(execFileSync(PYTHON, ["-c", script, artifact, file],
+      { env: { ...process.env, POCKETPILOT_HOME: join(work, "pp-home"), OMP_NUM_THREADS: "1" },
+        stdio: ["ignore", "pipe", "inherit"], timeout: 120_000 })));
+    assert.match(inserted, /^    """\S.*"""\n$/, `the tiny model writes a docstring: ${JSON.stringify(inserted)}`);
+    const lines = source.split("\n");
+    const want = [lines[0], inserted.slice(0, -1), ...lines.slice(1)].join("\n");
+
+    step("cursor in the function body, then Refactor...");
+    const editor = page.locator(".editor-group-container .monaco-editor");
+    await editor.locator(".view-lines").filter({ visible: true }).first().locator(".view-line").nth(1).click();
+    await page.keyboard.press("F1");
+    await page.keyboard.type("Refactor...");
+    await until("Refactor... in the palette", async () =>
+      (await page.locator(".quick-input-list .monaco-list-row").first().innerText()).includes("Refactor"), 20_000);
+    await page.keyboard.press("Enter");
+    const row = page.locator(".action-widget .monaco-list-row", { hasText: "PocketPilot: Write docstring" });
+    step("choosing PocketPilot: Write docstring");
+    await until("the Write docstring action", async () => (await row.count()) > 0, 30_000);
+    await row.first().click();
+    await until("the docstring in the editor", async () =>
+      (await editor.locator(".view-lines").first().innerText()).replace(/\u00a0/g, " ").includes(inserted.trim()), 90_000);
+    await page.keyboard.press("Control+s");
+    await until("the saved buffer", async () => readFileSync(file, "utf8") === want, 20_000)
+      .catch((err) => assert.fail(`${err.message}\nbuffer on disk: ${JSON.stringify(readFileSync(file, "utf8"))}, want ${JSON.stringify(want)}`));
   });
 
   test("Show Status lists the state and the interpreter from the settings", { timeout: 60_000 }, async () => {
