@@ -22,7 +22,7 @@ def test_pareto_front_on_hand_made_points():
 
 def test_parse_suites():
     assert parse_suites("cost,lines") == ["lines", "cost"]
-    assert parse_suites("all") == ["lines", "codexglue", "humaneval", "recode", "cost"]
+    assert parse_suites("all") == ["lines", "codexglue", "humaneval", "recode", "summarize", "cost"]
     with pytest.raises(PocketPilotError, match="unknown suite bogus; choose from lines"):
         parse_suites("lines,bogus")
 
