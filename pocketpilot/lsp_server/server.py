@@ -1,6 +1,13 @@
 """pygls server: inline completion (LSP 3.18), plain completion, and the compress command.
 
 stdout is the JSON-RPC channel: nothing here prints; logs go to stderr.
+
+Every message passes the edge checks of :mod:`pocketpilot.lsp_server.protocol` first (params
+of the method's LSP type, an open document, positions inside it, one-line error replies), and
+frames are read by :mod:`pocketpilot.lsp_server.transport`. A new feature is registered with
+``@server.feature(METHOD, options)`` as usual and gets those checks; inside it, take the
+document with ``ls.document(uri)`` (never ``ls.workspace.get_text_document``) and convert
+positions with its ``offset_at_position`` / ``position_at``.
 """
 
 from __future__ import annotations
@@ -15,13 +22,18 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from pocketpilot import __version__
-from pocketpilot.errors import PocketPilotError, PositionError
+from pocketpilot.errors import DocumentNotOpenError, PocketPilotError, PositionError
+from pocketpilot.lsp_server import transport
+from pocketpilot.lsp_server.documents import SafeTextDocument, clean_text, open_document, units
+from pocketpilot.lsp_server.protocol import (INVALID_PARAMS, REQUEST_FAILED, EdgeError, EdgeProtocol, RateLimitFilter,
+                                             one_line, received_document)
 from pocketpilot.lsp_server.code_actions import register as register_code_actions
 from pocketpilot.lsp_server.settings import ServerSettings
 from pocketpilot.runtime.context import best_snippets
@@ -44,13 +56,17 @@ class PocketPilotServer(LanguageServer):
     """Language server holding one completion engine, loaded off the event loop."""
 
     def __init__(self) -> None:
-        super().__init__("pocketpilot", __version__)
+        super().__init__("pocketpilot", __version__, protocol_cls=EdgeProtocol)
         self.settings = ServerSettings()
         self.engine = None
         self.state = "starting"  # starting | loading | ready | no-model | error | compressing
         self.model_name: str | None = None
         self.infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-infer")
         self.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-jobs")
+        # snippet selection scans other documents: never on the event loop, never on the inference thread
+        self.context = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketpilot-context")
+        self._tasks: set[asyncio.Task] = set()  # background tasks kept alive until done
+        self.compressing = False  # a pocketpilot.compress command is running
         self.cli_artifact: str | None = None
         self.last_latency_ms: float | None = None
         self.last_cache_hit: bool | None = None
@@ -67,6 +83,28 @@ class PocketPilotServer(LanguageServer):
         self._tickets = itertools.count(1)
         self.latest: dict[str, int] = {}  # document URI -> number of its newest completion request
         self._snippets: dict[str, tuple[tuple, int, list[str]]] = {}  # URI -> (open docs, line, snippets)
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Log a protocol or handler error (stderr, rate-limited); never a pop-up (pygls's default)."""
+        log.warning("%s", one_line(error))
+
+    def document(self, uri: str) -> SafeTextDocument:
+        """The open document at ``uri`` (text as the client sent it, LSP lines, client positions);
+        inside a request's handler, as it was when the request arrived (its positions refer to
+        that text; compare ``version`` with :meth:`_open_or_none`'s to see whether it changed since).
+
+        Raises:
+            DocumentNotOpenError: the client never opened it; nothing is read from disk.
+        """
+        received = received_document(uri)
+        return received if received is not None else open_document(self.workspace, uri)
+
+    def _open_or_none(self, uri: str) -> SafeTextDocument | None:
+        """The open document at ``uri`` as it is now, or ``None`` when it is not open."""
+        try:
+            return open_document(self.workspace, uri)
+        except DocumentNotOpenError:
+            return None
 
     def set_state(self, state: str, message: str | None = None) -> None:
         """Record the state and send a ``pocketpilot/status`` notification.
@@ -116,11 +154,12 @@ class PocketPilotServer(LanguageServer):
             return
         ticket = next(self._tickets)
         self._idle[uri] = ticket
-        doc = self.workspace.text_documents.get(uri)
+        docs, key = self.workspace.text_documents, unquote(uri)
+        doc = docs.get(key)
         version = doc.version if doc is not None else None
 
         def should_stop() -> bool:
-            now = self.workspace.text_documents.get(uri)
+            now = docs.get(key)
             return (self.user_waiting or self._idle.get(uri) != ticket or now is None
                     or (stop_on_change and now.version != version))
 
@@ -140,26 +179,41 @@ class PocketPilotServer(LanguageServer):
         :meth:`CompletionEngine.warm`)."""
         if self.engine is None or not self.settings.warm_up or not self.settings.kv_cache_mb:
             return
-        doc = self.workspace.text_documents.get(uri)
+        doc = self._open_or_none(uri)
         if doc is None:
             return
         source = doc.source
         if position is not None:
-            if position.line > len(doc.lines):
-                return  # a stale position from the client; the next request computes anyway
             try:
                 offset = doc.offset_at_position(position)
-            except (IndexError, ValueError):
-                return
+            except PositionError:
+                return  # a stale position from the client; the next request computes anyway
         offset = len(source) if offset is None else max(0, min(offset, len(source)))
-        snippets = self.neighbour_snippets(uri, source.count("\n", 0, offset), doc.language_id)
-        prefix, suffix, engine = source[:offset], source[offset:], self.engine
+        inputs = self._snippet_inputs(uri, doc, doc.position_at(offset).line)
+        prefix, suffix, engine, loop = source[:offset], source[offset:], self.engine, asyncio.get_running_loop()
 
-        def job(should_stop) -> None:
-            done = engine.warm(prefix, suffix, cache_key=uri, should_stop=should_stop, snippets=snippets)
-            log.debug("warm-up of %s: %d tokens prefilled", uri, done)
+        async def schedule() -> None:
+            snippets = await loop.run_in_executor(self.context, self._choose_snippets, *inputs) if inputs else []
 
-        self.run_idle(uri, job)
+            def job(should_stop) -> None:
+                done = engine.warm(prefix, suffix, cache_key=uri, should_stop=should_stop, snippets=snippets)
+                log.debug("warm-up of %s: %d tokens prefilled", uri, done)
+
+            self.run_idle(uri, job)
+
+        self._background(schedule())
+
+    def _background(self, coro) -> None:
+        """Run ``coro`` as a task on the loop, kept referenced until it ends; failures are logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("background task failed: %s", one_line(t.exception()))
+
+        task.add_done_callback(done)
 
     def warm_after_pause(self, uri: str, position: types.Position | None = None, offset: int | None = None) -> None:
         """Warm ``uri`` up at ``position`` (or ``offset``) once no change came for :data:`WARM_PAUSE_S`."""
@@ -250,20 +304,39 @@ class PocketPilotServer(LanguageServer):
 
         Rendered as comments, best first (see :mod:`pocketpilot.runtime.context`). The choice
         is kept while the cursor stays within 10 lines and no other document changes, so the
-        prompt (and its KV cache) stays stable while the user types.
+        prompt (and its KV cache) stays stable while the user types. Documents longer than
+        ``maxContextDocumentChars`` are left out. Scans the documents in the calling thread:
+        the server calls it through :meth:`_snippet_inputs` and :meth:`_choose_snippets` on its
+        context thread, never on the event loop.
         """
+        doc = self._open_or_none(uri)
+        inputs = self._snippet_inputs(uri, doc, line, language) if doc is not None else None
+        return self._choose_snippets(*inputs) if inputs else []
+
+    def _snippet_inputs(self, uri: str, doc: SafeTextDocument, line: int,
+                        language: str | None = None) -> tuple | None:
+        """What :meth:`_choose_snippets` needs, taken on the event loop (cheap: no scanning):
+        ``(uri, line, language, query, others, texts)``, or ``None`` without context."""
         if not self.settings.context_tokens:
-            return []
-        others = tuple(sorted((d.uri, d.version or 0) for d in self.workspace.text_documents.values() if d.uri != uri))
-        if not others:
-            return []
+            return None
+        limit = self.settings.max_context_document_chars
+        docs = [d for d in self.workspace.text_documents.values() if d.uri != uri and len(d.source) <= limit]
+        if not docs:
+            return None
+        others = tuple(sorted((d.uri, d.version or 0) for d in docs))
+        texts = {d.uri: d.source for d in docs}  # str is immutable: a consistent snapshot
+        starts, source = doc.starts, doc.source
+        line = max(0, min(line, len(starts) - 1))
+        query = source[starts[max(0, line - 20)]: starts[line + 1] if line + 1 < len(starts) else len(source)]
+        return uri, line, language if language is not None else doc.language_id, query, others, texts
+
+    def _choose_snippets(self, uri: str, line: int, language: str | None, query: str, others: tuple,
+                         texts: dict[str, str]) -> list[str]:
+        """The snippets for :meth:`neighbour_snippets` from a snapshot (any thread)."""
         kept = self._snippets.get(uri)
         if kept is not None and kept[0] == others and abs(kept[1] - line) < 10:
             return kept[2]
-        lines = self.workspace.get_text_document(uri).lines
-        query = "".join(lines[max(0, line - 20) : line + 1])
-        docs = ((_display_path(u), self.workspace.get_text_document(u).source) for u, _ in others)
-        chosen = [s.render(language) for s in best_snippets(query, docs)]
+        chosen = [s.render(language) for s in best_snippets(query, ((_display_path(u), texts[u]) for u, _ in others))]
         self._snippets[uri] = (others, line, chosen)
         return chosen
 
@@ -275,28 +348,39 @@ class PocketPilotServer(LanguageServer):
         cancels the awaiting coroutine; the generation stops at its next token.
 
         Raises:
+            DocumentNotOpenError: the client never opened ``uri``.
             PositionError: the position lies outside the document.
         """
-        doc = self.workspace.get_text_document(uri)
-        lines = doc.lines
-        if position.line > len(lines) or (position.line == len(lines) and position.character > 0):
-            raise PositionError(f"line {position.line} is outside {uri} ({len(lines)} lines; positions are 0-based)")
-        line = lines[position.line] if position.line < len(lines) else ""
-        if position.character > doc.position_codec.client_num_units(line.rstrip("\r\n")):
-            raise PositionError(f"character {position.character} is outside line {position.line} of {uri}")
+        doc = self.document(uri)
+        offset = doc.offset_at_position(position)
         if self.engine is None:
             return None
         ticket = next(self._tickets)
         self.latest[uri] = ticket  # a newer request for this document pre-empts this one
+        try:
+            return await self._complete(uri, doc, offset, position, ticket)
+        finally:
+            if self.latest.get(uri) == ticket:
+                del self.latest[uri]
+
+    async def _complete(self, uri: str, doc: SafeTextDocument, offset: int, position: types.Position,
+                        ticket: int) -> tuple[str, str] | None:
+        """:meth:`complete_at` once the request is checked: debounce, snippets, the model."""
         if self.settings.debounce_ms:
             await asyncio.sleep(self.settings.debounce_ms / 1000)
             if self.latest.get(uri) != ticket:
                 return None
-        doc = self.workspace.get_text_document(uri)
-        version, source = doc.version, doc.source
-        offset = doc.offset_at_position(position)
+        now = self._open_or_none(uri)
+        if now is None or now.version != doc.version:  # closed or changed since the request was sent
+            return None
+        version, source, language = doc.version, doc.source, doc.language_id
         prefix, suffix = source[:offset], source[offset:]
-        snippets = self.neighbour_snippets(uri, position.line, doc.language_id)
+        line_prefix = source[doc.starts[position.line]:offset]
+        inputs = self._snippet_inputs(uri, doc, position.line)
+        loop = asyncio.get_running_loop()
+        snippets = await loop.run_in_executor(self.context, self._choose_snippets, *inputs) if inputs else []
+        if self.latest.get(uri) != ticket:
+            return None
         engine = self.engine
         cancelled = threading.Event()
 
@@ -307,19 +391,25 @@ class PocketPilotServer(LanguageServer):
         try:
             result = await self._run_user(functools.partial(
                 engine.complete, prefix, suffix, cache_key=uri, should_stop=should_stop,
-                language=doc.language_id, snippets=snippets))
+                language=language, snippets=snippets))
         except asyncio.CancelledError:  # $/cancelRequest: stop the generation at the next token
             cancelled.set()
             raise
-        finally:
-            if self.latest.get(uri) == ticket:
-                del self.latest[uri]
         if result.cancelled:
             log.debug("completion for %s pre-empted after %.0f ms", uri, result.total_ms)
             return None
-        if self.workspace.get_text_document(uri).version != version:
+        now = self._open_or_none(uri)
+        if now is None or now.version != version:
             log.debug("document %s changed during inference; answering empty", uri)
             return None
+        self._record(result)
+        if not result.text:
+            return None
+        self.speculate(uri, prefix, suffix, result.text, snippets, language)
+        return line_prefix, result.text
+
+    def _record(self, result) -> None:
+        """Log a completion's figures and send them in the status notification."""
         log.info("completion in %.0f ms (%d prompt tokens, %d reused, %d prefilled, %d context, %d new, %d threads%s%s%s%s)",
                  result.total_ms, result.prompt_tokens, result.reused_tokens, result.prefilled_tokens,
                  result.context_tokens, result.new_tokens, result.threads,
@@ -332,10 +422,6 @@ class PocketPilotServer(LanguageServer):
         self.last = {"prefilled": result.prefilled_tokens, "remembered": result.remembered, "cut": result.cut,
                      "threads": result.threads or None}
         self.set_state(self.state)
-        if not result.text:
-            return None
-        self.speculate(uri, prefix, suffix, result.text, snippets, doc.language_id)
-        return prefix.rsplit("\n", 1)[-1], result.text
 
 
 server = PocketPilotServer()
@@ -362,8 +448,10 @@ async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams)
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: PocketPilotServer, params: types.DidOpenTextDocumentParams) -> None:
     """Warm the opened document up at its end (a focus notification with the cursor supersedes it)."""
-    ls.sources[params.text_document.uri] = params.text_document.text
-    ls.warm_up(params.text_document.uri)
+    doc = ls._open_or_none(params.text_document.uri)
+    if doc is not None:
+        ls.sources[params.text_document.uri] = doc.source
+        ls.warm_up(params.text_document.uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -371,42 +459,43 @@ def did_change(ls: PocketPilotServer, params: types.DidChangeTextDocumentParams)
     """After a typing pause, warm the document up where it changed: the end of the last change,
     or, for a whole-document change, the end of the text that differs from the previous version."""
     uri = params.text_document.uri
-    doc = ls.workspace.text_documents.get(uri)
+    doc = ls._open_or_none(uri)
     if doc is None:
         return
     old, new = ls.sources.get(uri), doc.source
     ls.sources[uri] = new
     ls._cancel_timer(ls._speculating, uri)  # typing on: no speculation yet
-    change = params.content_changes[-1] if params.content_changes else None
-    if isinstance(change, types.TextDocumentContentChangePartial):
-        lines = change.text.split("\n")
-        line = change.range.start.line + len(lines) - 1
-        char = (change.range.start.character if len(lines) == 1 else 0) + doc.position_codec.client_num_units(lines[-1])
-        ls.warm_after_pause(uri, types.Position(line=line, character=char))
-    elif change is not None:
+    if not params.content_changes:
+        return
+    if doc.last_change_end is not None:  # a ranged change: the cursor is after its text
+        ls.warm_after_pause(uri, offset=doc.last_change_end)
+    else:
         ls.warm_after_pause(uri, offset=changed_offset(old, new) if old is not None else None)
 
 
 def changed_offset(old: str, new: str) -> int:
     """Offset in ``new`` just after the text that differs from ``old`` (where a typing cursor is):
     ``len(new)`` minus the longest common suffix that does not overlap the common prefix.
-    Prefix and suffix are found by bisection on slice comparisons (C speed on long documents)."""
-    lo, hi = 0, min(len(old), len(new))
-    while lo < hi:  # longest common prefix
+    Linear in the documents' length, in C-speed block comparisons (see :func:`_common_prefix`)."""
+    head = _common_prefix(old, new, min(len(old), len(new)))
+    tail = _common_prefix(old[::-1], new[::-1], min(len(old), len(new)) - head)
+    return len(new) - tail
+
+
+def _common_prefix(a: str, b: str, limit: int, block: int = 4096) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``, at most ``limit`` (characters):
+    equal blocks are skipped, then the differing block is bisected."""
+    i = 0
+    while i + block <= limit and a[i:i + block] == b[i:i + block]:
+        i += block
+    lo, hi = i, min(i + block, limit)
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        if old[:mid] == new[:mid]:
+        if a[i:mid] == b[i:mid]:
             lo = mid
         else:
             hi = mid - 1
-    head = lo
-    lo, hi = 0, min(len(old), len(new)) - head
-    while lo < hi:  # longest common suffix not overlapping it
-        mid = (lo + hi + 1) // 2
-        if old[len(old) - mid:] == new[len(new) - mid:]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return len(new) - lo
+    return lo
 
 
 @server.feature(FOCUS_NOTIFICATION)
@@ -457,8 +546,8 @@ async def completion(ls: PocketPilotServer, params: types.CompletionParams):
         return types.CompletionList(is_incomplete=True, items=[])
     line_prefix, text = found
     word = _trailing_word(line_prefix)
-    codec = ls.workspace.get_text_document(params.text_document.uri).position_codec
-    start = types.Position(line=params.position.line, character=params.position.character - codec.client_num_units(word))
+    encoding = ls.document(params.text_document.uri).encoding
+    start = types.Position(line=params.position.line, character=params.position.character - units(word, encoding))
     new_text = word + text
     return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
         label=new_text.strip(), kind=types.CompletionItemKind.Text, detail="PocketPilot",
@@ -468,8 +557,9 @@ async def completion(ls: PocketPilotServer, params: types.CompletionParams):
 
 
 def _display_path(uri: str) -> str:
-    """The file name of a document URI, as shown above its snippets in the prompt."""
-    return PurePosixPath(unquote(urlparse(uri).path)).name or uri
+    """The file name of a document URI, as shown above its snippets in the prompt (lone surrogates
+    replaced: the tokenizer rejects them)."""
+    return clean_text(PurePosixPath(unquote(urlparse(uri).path)).name or uri)
 
 
 def _trailing_word(text: str) -> str:
@@ -479,19 +569,68 @@ def _trailing_word(text: str) -> str:
     return text[i:]
 
 
+#: ``pocketpilot.compress``'s options: key -> (accepted JSON types, what the value must be)
+COMPRESS_OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
+    "teacher": ((str,), "a teacher spec (a string)"),
+    "method": ((str,), "a method name (a string)"),
+    "force": ((bool,), "true or false"),
+    "budgetMs": ((int, float), "a latency budget in ms (a number > 0)"),
+    "evalTasks": ((int,), "a task count (an integer >= 0)"),
+}
+
+
+def compress_options(args: tuple) -> dict:
+    """The options of a ``pocketpilot.compress`` call, checked against :data:`COMPRESS_OPTIONS`.
+
+    Raises:
+        EdgeError: -32602, saying what the arguments must be (nothing has started).
+    """
+    usage = "pocketpilot.compress takes no argument or one object {" + ", ".join(COMPRESS_OPTIONS) + "}"
+    if len(args) > 1 or (args and not isinstance(args[0], dict)):
+        raise EdgeError(f"{usage}; got {one_line(repr(list(args)), 80)}", INVALID_PARAMS)
+    opts = dict(args[0]) if args else {}
+    for key, value in opts.items():
+        if key not in COMPRESS_OPTIONS:
+            raise EdgeError(f"{usage}; unknown option {key!r}", INVALID_PARAMS)
+        kinds, what = COMPRESS_OPTIONS[key]
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if ok and key == "budgetMs":
+            ok = 0 < value < float("inf")
+        elif ok and key == "evalTasks":
+            ok = value >= 0
+        if not ok:
+            raise EdgeError(f"pocketpilot.compress: {key} must be {what}, got {one_line(repr(value), 60)}",
+                            INVALID_PARAMS)
+    return opts
+
+
 @server.command(COMPRESS_COMMAND)
 async def compress_command(ls: PocketPilotServer, *args):
-    """``pocketpilot.compress [{"teacher": SPEC, "method": NAME, "force": bool, "budgetMs": ms}]`` with ``$/progress``.
+    """``pocketpilot.compress [{"teacher": SPEC, "method": NAME, "force": bool, "budgetMs": ms, "evalTasks": n}]``
+    with ``$/progress``.
 
     Without ``teacher`` and ``method`` (the first run, the editor's "Compress Model for This
     Machine"), the recipe is chosen for this machine (:mod:`pocketpilot.compression.recipe`).
-    Returns the artifact summary (sizes in bytes) and serves the new artifact.
+    Returns the artifact summary (sizes in bytes) and serves the new artifact. Arguments are
+    checked first (:func:`compress_options`); one compression runs at a time; the status goes
+    back to what it was whatever happens.
     """
+    opts = compress_options(args)
+    if ls.compressing:
+        raise EdgeError("a compression is already running; wait for it to finish", REQUEST_FAILED)
+    ls.compressing = True
+    try:
+        return await _compress(ls, opts)
+    finally:
+        ls.compressing = False
+
+
+async def _compress(ls: PocketPilotServer, opts: dict) -> dict:
+    """Run the compression of :func:`compress_command` in the jobs thread and serve its artifact."""
     # lazy: torch (the compress command is the only path into compression)
     from pocketpilot.compression.api import compress
     from pocketpilot.compression.recipe import DEFAULT_BUDGET_MS, compress_for_this_machine
 
-    opts = args[0] if args and isinstance(args[0], dict) else {}
     loop = asyncio.get_running_loop()
     token = await ls.begin_progress("PocketPilot: compressing")
 
@@ -518,6 +657,10 @@ async def compress_command(ls: PocketPilotServer, *args):
         ls.end_progress(token, f"failed: {exc}")
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"PocketPilot: {exc}"))
         return {"ok": False, "error": str(exc)}
+    except BaseException:  # a bug or a cancel: the reply says so; the status must not stay "compressing"
+        ls.set_state(previous)
+        ls.end_progress(token, "failed")
+        raise
     ls.end_progress(token, f"artifact {result.artifact_id} ready")
     ls.settings = ServerSettings(**{**ls.settings.__dict__, "artifact": result.artifact_id})
     await ls.load_model()
@@ -525,13 +668,16 @@ async def compress_command(ls: PocketPilotServer, *args):
 
 
 def run(tcp_port: int | None = None, host: str = "127.0.0.1", artifact: str | None = None) -> None:
-    """Start the server on stdio (default) or TCP. Never touches the network for models."""
+    """Start the server on stdio (default) or TCP (127.0.0.1 by default; a client must send the
+    session token, see :mod:`pocketpilot.lsp_server.transport`). Never touches the network for models."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="pocketpilot %(levelname)s: %(message)s", force=True)
     logging.getLogger("pygls").setLevel(logging.WARNING)  # its INFO level traces every message
+    for handler in logging.getLogger().handlers:  # a hostile client must not flood the log
+        handler.addFilter(RateLimitFilter())
     server.cli_artifact = artifact
     if tcp_port is not None:
-        server.start_tcp(host, tcp_port)
+        transport.serve_tcp(server, host, tcp_port)
     else:
-        server.start_io()
+        transport.serve_stdio(server)

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServerSettings(EngineSettings):
     """Settings a client may pass in ``initializationOptions`` (camelCase keys): the engine's
-    (:class:`EngineSettings`) plus ``artifact``, ``debounceMs``, ``warmUp`` and ``speculate``. :func:`schema` lists each
-    one's type, default, bounds and description.
+    (:class:`EngineSettings`) plus ``artifact``, ``debounceMs``, ``warmUp``, ``speculate`` and
+    ``maxContextDocumentChars``. :func:`schema` lists each one's type, default, bounds and description.
 
     Raises:
         ValueError: a value outside its bounds or of the wrong type (on creation; :meth:`parse`
@@ -41,6 +41,11 @@ class ServerSettings(EngineSettings):
                                   "and of the cursor after a typing pause, so its first suggestion is fast.")
     speculate: bool = setting(True, "While the editor is idle after a suggestion is shown, compute the one that "
                                     "would follow its acceptance, so accepting is answered at once.")
+    # scanning a document for snippets is linear in its length (~80 ms per million characters here), and
+    # happens again after each change to it: a generated or minified file must not slow every suggestion
+    max_context_document_chars: int = setting(500_000, "Other open documents longer than this (characters) are "
+                                                       "not searched for snippets, so huge files do not slow "
+                                                       "suggestions down.", minimum=0, maximum=100_000_000)
 
     @classmethod
     def parse(cls, options: object) -> tuple["ServerSettings", list[str]]:

@@ -27,7 +27,9 @@ from pocketpilot.runtime.postprocess import block_opener, finalize, indentation,
 from pocketpilot.runtime.settings import EngineSettings
 from pocketpilot.runtime.threads import FreeCores
 
-#: prompt tokens per forward pass during prefill; cancellation is polled between chunks
+#: most prompt tokens per forward pass during prefill; cancellation is polled between chunks. A
+#: user request's prefill starts with chunks of :data:`WARM_CHUNK` and doubles them up to this, so
+#: a request cancelled soon after it starts (most are: the user typed on) stops within a small chunk
 PREFILL_CHUNK = 128
 #: most staleness of a moved FIM suffix (tokens typed or deleted before it since its keys/values
 #: were computed) before it is recomputed instead; the ES cost of moving is measured at this
@@ -230,8 +232,8 @@ class CompletionEngine:
             suffix: document text after the cursor.
             max_new_tokens: override of ``settings.max_new_tokens`` or, for a block body,
                 ``settings.block_max_tokens`` (tokens).
-            should_stop: polled before the prefill, between prefill chunks of
-                :data:`PREFILL_CHUNK` tokens and between decode steps; returning True cancels:
+            should_stop: polled before the prefill, between prefill chunks (of
+                :data:`WARM_CHUNK` tokens doubling up to :data:`PREFILL_CHUNK`) and between decode steps; returning True cancels:
                 the text so far comes back with ``cancelled=True`` and the keys/values computed
                 so far are kept for the document's next request.
             cache_key: identifies the document (e.g. its URI) for KV-cache and typed-ahead reuse;
@@ -371,8 +373,8 @@ class CompletionEngine:
     ) -> tuple[torch.Tensor | None, Any, Reuse, int]:
         """Steps 2 and 3: reuse the document's cached keys/values, then run the rest of the prompt.
 
-        New tokens go through in chunks of ``chunk`` (default :data:`PREFILL_CHUNK`) tokens;
-        ``should_stop`` is polled between chunks. At least the last prompt token is always recomputed. The document's
+        New tokens go through in chunks of ``chunk`` tokens (default: :data:`WARM_CHUNK`, doubling
+        up to :data:`PREFILL_CHUNK`); ``should_stop`` is polled between chunks. At least the last prompt token is always recomputed. The document's
         state is taken out of :attr:`docs`; :meth:`complete` puts the new one back. With
         ``settings.fim_layout`` psm-shift, a FIM suffix that only moved (the user typed in the
         prefix) keeps its cached keys/values, moved to the new positions
@@ -394,11 +396,12 @@ class CompletionEngine:
             cache = self.backend.splice(cache, reuse.reused, ids[reuse.reused:anchor], reuse.move_src, reuse.move_len)
             pos = anchor + reuse.move_len
             reuse = Reuse(cache, reuse.reused + reuse.move_len, reuse.move_src, reuse.move_len, reuse.stale)
-        step = chunk or PREFILL_CHUNK
+        step = chunk or min(WARM_CHUNK, PREFILL_CHUNK)
         while True:
             end = min(len(ids), pos + step)
             rows, cache = self._forward(ids[pos:end], cache, keep=1)
             pos = end
+            step = step if chunk else min(step * 2, PREFILL_CHUNK)
             if pos == len(ids):
                 return rows[-1], cache, reuse, pos
             if should_stop is not None and should_stop():

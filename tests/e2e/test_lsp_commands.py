@@ -1,12 +1,7 @@
 """Server with no model yet: it says what to run, keeps answering, and compresses on command."""
 
 import asyncio
-import json
-import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 import pytest_lsp
@@ -72,43 +67,3 @@ async def test_compress_command_with_a_bad_teacher_reports_and_survives(client: 
     assert any("unknown teacher" in m.message and m.type == types.MessageType.Error for m in client.messages)
     _open(client, SOURCE)
     assert len((await _inline(client)).items) == 0
-
-
-def test_serve_over_tcp(tiny_home, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "POCKETPILOT_HOME": str(tiny_home)}
-    proc = subprocess.Popen([sys.executable, "-m", "pocketpilot", "serve", "--tcp", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for _ in range(200):
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=30)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError(proc.stderr.read().decode())
-                time.sleep(0.1)
-        else:
-            raise AssertionError("server did not listen")
-        with conn:
-            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                               "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
-            conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(4096)
-            header, _, rest = data.partition(b"\r\n\r\n")
-            fields = dict(line.split(b":", 1) for line in header.split(b"\r\n"))
-            length = int(fields[b"Content-Length"])
-            while len(rest) < length:
-                rest += conn.recv(4096)
-            reply = json.loads(rest[:length])
-        caps = reply["result"]["capabilities"]
-        assert caps["inlineCompletionProvider"] is not None and "completionProvider" in caps
-        assert "pocketpilot.compress" in caps["executeCommandProvider"]["commands"]
-    finally:
-        proc.kill()
-        out, _ = proc.communicate(timeout=10)
-    assert out == b""  # over TCP, nothing goes to stdout

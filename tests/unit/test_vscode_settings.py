@@ -56,5 +56,6 @@ def test_the_engine_settings_are_the_servers_with_the_same_facts():
     """The server declares only its own settings; the engine's come from the runtime, once."""
     engine = schema(EngineSettings)
     assert SCHEMA[: len(engine)] == engine
-    assert [s.name for s in SCHEMA[len(engine):]] == ["artifact", "debounce_ms", "warm_up", "speculate"]
+    assert [s.name for s in SCHEMA[len(engine):]] == ["artifact", "debounce_ms", "warm_up", "speculate",
+                                                    "max_context_document_chars"]
     assert all(s.default == getattr(EngineSettings(), s.name) for s in engine)

@@ -16,7 +16,7 @@ test("defaults: no settings gives the server defaults", () => {
   assert.deepEqual(options, {
     artifact: null, maxNewTokens: 48, prefixTokens: 512, suffixTokens: 128, multiline: true, blockMaxTokens: 96,
     contextTokens: 256, kvCacheMb: 256, draftTokens: 8, fimLayout: "psm", maxLatencyMs: 0, threads: 0, debounceMs: 0,
-    warmUp: true, speculate: true,
+    warmUp: true, speculate: true, maxContextDocumentChars: 500000,
   });
   assert.deepEqual(problems, []);
 });
@@ -25,13 +25,13 @@ test("settings map to camelCase initializationOptions", () => {
   const values: Record<string, unknown> = {
     artifact: " tiny-int8 ", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, multiline: false, blockMaxTokens: 8,
     contextTokens: 0, kvCacheMb: 0, draftTokens: 0, fimLayout: "spm", maxLatencyMs: 500, threads: 1, debounceMs: 50,
-    warmUp: false, speculate: false, pythonPath: "/x",
+    warmUp: false, speculate: false, maxContextDocumentChars: 1000, pythonPath: "/x",
   };
   const { options, problems } = initializationOptions((k) => values[k]);
   assert.deepEqual(options, {
     artifact: "tiny-int8", maxNewTokens: 16, prefixTokens: 64, suffixTokens: 0, multiline: false, blockMaxTokens: 8,
     contextTokens: 0, kvCacheMb: 0, draftTokens: 0, fimLayout: "spm", maxLatencyMs: 500, threads: 1, debounceMs: 50,
-    warmUp: false, speculate: false,
+    warmUp: false, speculate: false, maxContextDocumentChars: 1000,
   });
   assert.deepEqual(problems, []);
   assert.ok(!("pythonPath" in options), "client-only settings are not sent");
