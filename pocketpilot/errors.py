@@ -29,6 +29,10 @@ class PositionError(PocketPilotError, ValueError):
     """A cursor position lies outside the document."""
 
 
+class DocumentNotOpenError(PocketPilotError, ValueError):
+    """A request names a document the client never opened (the server reads no files for it)."""
+
+
 class MissingDependencyError(PocketPilotError, ImportError):
     """An optional package a feature needs is not installed; the message gives the pip command."""
 
