@@ -24,7 +24,7 @@ from typing import Any
 
 from lsprotocol import types
 
-from pocketpilot.runtime.functions import FunctionAt, find_function
+from pocketpilot.runtime.functions import LANGUAGES, FunctionAt, find_function
 
 log = logging.getLogger("pocketpilot.server")
 
@@ -54,10 +54,8 @@ def _can_resolve_edit(ls) -> bool:
 
 def _function(ls, uri: str, line: int, character: int) -> tuple[Any, FunctionAt] | None:
     """The open document and the function at a client position (``None``: no document, model, language or function)."""
-    from pocketpilot.runtime.summarize import supported  # lazy: torch (the runtime's engine)
-
     doc = ls.workspace.text_documents.get(uri)
-    if doc is None or ls.engine is None or not supported(doc.language_id or ""):
+    if doc is None or ls.engine is None or doc.language_id not in LANGUAGES:
         return None
     lines = doc.lines
     if not 0 <= line < len(lines):

@@ -51,8 +51,6 @@ PROMPT_VERSION = 1
 #: docstring line width, indentation included (characters)
 WIDTH = 88
 
-#: languages written as a ``/** ... */`` block above the function; go and rust use line comments
-_BLOCK_LANGS = {"javascript", "javascriptreact", "typescript", "typescriptreact", "java", "c", "cpp"}
 #: the word a chat prompt calls each language by
 _NAMES = {"python": "Python", "javascript": "JavaScript", "javascriptreact": "JavaScript",
           "typescript": "TypeScript", "typescriptreact": "TypeScript", "java": "Java", "go": "Go",
@@ -227,16 +225,20 @@ def _generate(engine: CompletionEngine, prompt: _Prompt, limit: int,
 
 def finished(text: str, closer: str | None) -> bool:
     """True when decoded ``text`` holds a whole docstring: ``closer`` (a completion prompt's closing
-    quote or comment), a blank line or a closing code fence after some words, a quoted docstring
-    closed, or :data:`MAX_SENTENCES` sentences followed by more text."""
+    quote or comment), a closed code fence or quoted docstring, a blank line after a paragraph
+    that is not a lead-in ("Here is the docstring:"), or :data:`MAX_SENTENCES` sentences followed
+    by more text (neither of the last two inside an open code fence)."""
     if closer is not None and closer in text:
         return True
     body = text.lstrip()
     if not re.search(r"\w", body):
         return False
-    if re.search(r"\w[^\n]*\n[ \t]*\n", body) or re.search(r"\w.*\n\s*```", body, re.S):
+    if body.count("```") >= 2 or re.search(r'("""|\'\'\')\s*\S.*?\1', body, re.S):
         return True
-    if re.search(r'("""|\'\'\')\s*\S.*?\1', body, re.S):
+    if "```" in body:
+        return False  # inside a fence: its end, or the docstring in it, ends the answer
+    blank = re.search(r"\n[ \t]*\n", body)
+    if blank and re.search(r"\w", body[: blank.start()]) and not body[: blank.start()].rstrip().endswith(":"):
         return True
     body = body.rstrip()
     ends = list(_SENTENCE_END.finditer(body))
@@ -255,7 +257,8 @@ def clean_summary(raw: str, language: str) -> str:
     text = re.sub(r'^\s*[rRuU]?("""|\'\'\')', "", text)
     text = text.split('"""')[0].split("'''")[0].split("*/")[0]
     lines = [re.sub(r"^\s*(/\*\*?|\*(?!\*)|///?|#)\s?", "", line) for line in text.strip().split("\n")]
-    while len(lines) > 2 and lines[0].rstrip().endswith(":") and not lines[1].strip():
+    while len(lines) > 1 and lines[0].rstrip().endswith(":") and (
+            not lines[1].strip() or re.search(r"(?i)\b(here|docstring|summary|sure)\b", lines[0])):
         lines = lines[1:]  # "Here is a docstring for the function:"
     para = re.split(r"\n\s*\n|\n\s*(?:(?:Args|Arguments|Parameters|Returns|Raises|Examples?)\s*:|@param|@return)",
                     "\n".join(lines).strip())[0]
@@ -314,10 +317,5 @@ def format_docstring(text: str, language: str, indent: str) -> str:
     return ("\n" + indent).join(["/**", *(f" * {line}" for line in lines), " */"])
 
 
-def supported(language: str) -> bool:
-    """True when :func:`format_docstring` knows how ``language`` (an LSP language id) writes docstrings."""
-    return language == "python" or language in _BLOCK_LANGS or language in ("go", "rust")
-
-
 __all__ = ["DOC_MAX_TOKENS", "DOC_PROMPT_TOKENS", "Docstring", "PROMPT_VERSION", "clean_summary", "context_window",
-           "finished", "format_docstring", "supported", "write_docstring"]
+           "finished", "format_docstring", "write_docstring"]

@@ -158,6 +158,9 @@ def test_clean_summary_takes_the_docstring_out_of_chatty_answers():
     assert clean_summary("/**\n * Adds.\n * @param a first\n */", "javascript") == "Adds."
     assert clean_summary("```js\n/** Sum it. */\nfunction f() {}\n```", "javascript") == "Sum it."
     assert clean_summary('"""   """', "python") == ""
+    assert clean_summary("Sure! Here's a docstring for it:\nReturns a + b", "python") == "Returns a + b."
+    assert clean_summary('Here is the docstring:\n\n```python\ndef add(a, b):\n    """\n    Return the sum.\n    """',
+                         "python") == "Return the sum."
 
 
 def test_decoding_stops_at_the_end_of_the_docstring():
@@ -166,7 +169,11 @@ def test_decoding_stops_at_the_end_of_the_docstring():
     assert finished('"""Add."""\n', None)
     assert finished("One. Two. Three. And", None) and not finished("One. Two. Three.", None)
     assert not finished("\n\n", None)
-    assert finished("x = 1):\n   \n", None)  # a blank line after words, whitespace tokens included
+    assert finished("x = 1)\n   \n", None)  # a blank line after words, whitespace tokens included
+    assert not finished("Here is the docstring:\n\n", None)  # a lead-in: the docstring comes next
+    assert not finished("Here it is:\n\n```python\ndef add(a, b):\n\n", None)  # inside an open fence
+    assert finished("Here it is:\n```python\ndef add(a, b):\n    return a\n```", None)
+    assert finished('```python\ndef add(a, b):\n    """Add them."""', None)
 
 
 # --- generation with a tiny model ------------------------------------------------------------
