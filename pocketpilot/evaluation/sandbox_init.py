@@ -44,8 +44,9 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 #: pivot_root(2) has no glibc wrapper: its syscall number per machine (others use chroot)
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 #: statvfs flags -> the mount flags a bind's read-only remount must keep (the kernel locks them in a user namespace)
-LOCKED = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
-          (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
+LOCKED = tuple((getattr(os, st, 0), ms) for st, ms in (("ST_NOSUID", MS_NOSUID), ("ST_NODEV", MS_NODEV),
+                                                        ("ST_NOEXEC", MS_NOEXEC), ("ST_NOATIME", MS_NOATIME),
+                                                        ("ST_NODIRATIME", MS_NODIRATIME), ("ST_RELATIME", MS_RELATIME)))
 #: device nodes the program may use
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
@@ -64,6 +65,9 @@ def _mount(src, dst, fstype, flags, data=None) -> None:
 
 
 def _prctl(option: int, arg: int = 0) -> int:
+    """``prctl(2)``; -1 where the C library has none (not Linux)."""
+    if not hasattr(_libc, "prctl"):
+        return -1
     return _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
@@ -241,16 +245,17 @@ def _exec_program(cfg: dict) -> None:
 
 
 def _children() -> list[int]:
-    """PIDs whose parent is this process (its children, and orphans reparented to it)."""
+    """Live PIDs whose parent is this process (its children, and orphans reparented to it); zombies aside."""
     me, out = str(os.getpid()), []
-    for entry in os.listdir("/proc"):
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as fh:
                     stat = fh.read()
             except OSError:
                 continue
-            if stat[stat.rindex(")") + 2:].split()[1] == me:
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            if ppid == me and state not in ("Z", "X"):
                 out.append(int(entry))
     return out
 
@@ -331,7 +336,7 @@ def main(cfg: dict) -> int:
                 become_namespace_root()
                 _prctl(PR_SET_DUMPABLE, 0)
             build_root(cfg, binds)
-        else:
+        elif sys.platform.startswith("linux"):
             _check(_prctl(PR_SET_CHILD_SUBREAPER, 1), "PR_SET_CHILD_SUBREAPER")
     except OSError as exc:
         name = errno.errorcode.get(exc.errno, exc.errno) if exc.errno else None
