@@ -132,8 +132,9 @@ def isolation() -> Isolation:
         result, error = _run("import sys\nsys.exit(7)\n", 10.0, 256, namespaces, uid)
         if error is None and result.get("rc") == 7:
             return Isolation(namespaces, uid, _describe(namespaces, uid, reason))
-        if namespaces and not reason:
-            reason = f"Linux denied the namespaces ({error or 'the trial program did not run'})"
+        if namespaces:  # the last namespace attempt (as the caller itself) says most plainly why
+            why = error or _last_line(result.get("stderr", "")) or "the trial program did not run"
+            reason = f"Linux denied the namespaces ({why})"
     return Isolation(False, None, _describe(False, None, reason or "no way to run a program was found"))
 
 
@@ -223,7 +224,7 @@ def _run(program: str, timeout_s: float, memory_mb: int, namespaces: bool, uid: 
             return report, _last_line(stderr) or f"the supervisor exited with status {proc.returncode}"
         return report, None
     except OSError as exc:
-        return {}, f"cannot start the sandbox: {exc}"
+        return {}, f"cannot start the sandbox: {exc.strerror or exc}"
     finally:
         if proc is not None:
             _kill_group(proc)

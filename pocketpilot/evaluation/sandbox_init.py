@@ -84,12 +84,24 @@ def drop_to(uid: int, gid: int) -> None:
 
 
 FLAGS = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+#: what an ``unshare(2)`` errno usually means, for the report
+UNSHARE_HINTS = {errno.ENOSPC: "user namespaces are off or used up (/proc/sys/user/max_user_namespaces)",
+                 errno.EPERM: "not permitted here (a container's seccomp profile, AppArmor, or "
+                              "kernel.unprivileged_userns_clone=0)",
+                 errno.EINVAL: "this kernel lacks one of the namespaces"}
+
+
+def _unshare() -> None:
+    if _libc.unshare(ctypes.c_int(FLAGS)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(user, mount, pid, net, ipc, uts): {os.strerror(err)}"
+                           + (f": {UNSHARE_HINTS[err]}" if err in UNSHARE_HINTS else ""))
 
 
 def enter_namespaces() -> None:
     """New user (mapping this uid/gid to root), mount, PID, network, IPC and UTS namespaces."""
     uid, gid = os.geteuid(), os.getegid()
-    _check(_libc.unshare(ctypes.c_int(FLAGS)), "unshare(user, mount, pid, net, ipc, uts)")
+    _unshare()
     _prctl(PR_SET_DUMPABLE, 1)  # /proc/self/*_map belong to root while not dumpable
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"0 {uid} 1")
@@ -112,7 +124,7 @@ def enter_namespaces_as(uid: int, gid: int) -> None:
         os.close(ready_r)
         os.close(go_w)
         try:
-            _check(_libc.unshare(ctypes.c_int(FLAGS)), "unshare(user, mount, pid, net, ipc, uts)")
+            _unshare()
         except OSError as exc:
             os.write(ready_w, b"0" + str(exc).encode())
             os._exit(3)
@@ -340,8 +352,7 @@ def main(cfg: dict) -> int:
             _check(_prctl(PR_SET_CHILD_SUBREAPER, 1), "PR_SET_CHILD_SUBREAPER")
     except OSError as exc:
         name = errno.errorcode.get(exc.errno, exc.errno) if exc.errno else None
-        _report({"error": f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
-                 + (f" [{name}]" if name else "")})
+        _report({"error": f"{exc.strerror or exc}" + (f" [{name}]" if name else "")})
         return 3
     _report(supervise(cfg))
     return 0

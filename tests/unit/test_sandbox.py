@@ -269,9 +269,9 @@ def test_humaneval_results_and_report_carry_the_sandbox_description(synthetic_da
 
     problems = he.load_problems()
     res = he.evaluate_humaneval(Canonical(), problems, cache=_canonical_cache(he, problems))
-    assert res["sandbox"] == HOW.description and res["pass@1"] == 100.0
+    assert res["sandbox"] == isolation().description and res["pass@1"] == 100.0
     text = "\n".join(report._humaneval_section({"m": {"humaneval": res}}))
-    assert f"Generated code ran {HOW.description}." in text
+    assert f"Generated code ran {isolation().description}." in text
 
 
 def _canonical_cache(he, problems):
