@@ -28,10 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edge_probes import PROBES, SOURCE, URI, actionable, has_traceback, inline_request  # noqa: E402
 from rawlsp import RawServer, frame  # noqa: E402
-
-URI = "file:///tmp/edge/main.py"
-SOURCE = "def add(a, b):\n    return\n"
 
 
 def tiny_home(path: Path) -> Path:
@@ -50,67 +48,6 @@ def tiny_home(path: Path) -> Path:
     return path
 
 
-def _inline(uri: str, line: int, ch: int, msg_id) -> dict:
-    return {"jsonrpc": "2.0", "id": msg_id, "method": "textDocument/inlineCompletion",
-            "params": {"textDocument": {"uri": uri}, "position": {"line": line, "character": ch},
-                       "context": {"triggerKind": 1}}}
-
-
-#: name -> (bytes sent after initialize, ids of requests in them that must be answered)
-PROBES: dict[str, tuple[bytes, list]] = {
-    "Content-Length 10^20": (b"Content-Length: 100000000000000000000\r\n\r\n{}", []),
-    "Content-Length 2^45": (b"Content-Length: 35184372088832\r\n\r\n{}", []),
-    "Content-Length -1": (b"Content-Length: -1\r\n\r\n{}", []),
-    "Content-Length abc": (b"Content-Length: abc\r\n\r\n{}", []),
-    "no header": (json.dumps(_inline(URI, 1, 10, 9001)).encode(), []),
-    "header line without end": (b"Content-Length: 12" + b"x" * 100_000, []),
-    "invalid JSON": (frame(b"{\"jsonrpc\": \"2.0\", \"id\": 9002, \"method\": "), []),
-    "non-UTF-8 body": (frame(b"{\"jsonrpc\": \"2.0\", \"id\": 9003, \"method\": \"x\xff\xfe\"}"), []),
-    "deep JSON": (frame(b"[" * 100_000 + b"]" * 100_000), []),
-    "JSON array": (frame(b"[1, 2, 3]"), []),
-    "unknown method, no params": (frame({"jsonrpc": "2.0", "id": 9004, "method": "foo/bar"}), [9004]),
-    "never-opened /dev/stdin": (frame(_inline("file:///dev/stdin", 0, 0, 9005)), [9005]),
-    "never-opened /dev/zero": (frame(_inline("file:///dev/zero", 0, 0, 9006)), [9006]),
-    "never-opened /etc/passwd": (frame(_inline("file:///etc/passwd", 0, 0, 9007)), [9007]),
-    "line -1": (frame(_inline(URI, -1, 0, 9008)), [9008]),
-    "line 10^6": (frame(_inline(URI, 10**6, 0, 9009)), [9009]),
-    "missing context": (frame({"jsonrpc": "2.0", "id": 9010, "method": "textDocument/inlineCompletion",
-                               "params": {"textDocument": {"uri": URI}, "position": {"line": 0, "character": 0}}}),
-                        [9010]),
-    "params a string": (frame({"jsonrpc": "2.0", "id": 9011, "method": "textDocument/completion", "params": "x"}),
-                        [9011]),
-    "didChange bad range": (frame({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
-        "textDocument": {"uri": URI, "version": 9}, "contentChanges": [
-            {"range": {"start": {"line": 50, "character": 3}, "end": {"line": 2, "character": 0}}, "text": "x"}]}}), []),
-    "didChange unknown URI": (frame({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
-        "textDocument": {"uri": "file:///nope.py", "version": 2}, "contentChanges": [{"text": "x"}]}}), []),
-    "cancel with a bad id": (frame({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": {"x": 1}}}), []),
-    "compress [\"x\"]": (frame({"jsonrpc": "2.0", "id": 9012, "method": "workspace/executeCommand",
-                               "params": {"command": "pocketpilot.compress", "arguments": ["x"]}}), [9012]),
-    "compress [{teacher: 5}]": (frame({"jsonrpc": "2.0", "id": 9013, "method": "workspace/executeCommand",
-                                      "params": {"command": "pocketpilot.compress", "arguments": [{"teacher": 5}]}}),
-                               [9013]),
-    "id an object": (frame({"jsonrpc": "2.0", "id": {"a": 1}, "method": "shutdown"}), []),
-}
-
-
-def _short_frame() -> bytes:
-    whole = frame(_inline(URI, 1, 10, 9014))
-    head, body = whole.split(b"\r\n\r\n", 1)
-    return b"Content-Length: %d\r\n\r\n" % (len(body) - 3) + body
-
-
-def has_traceback(reply: dict | None) -> bool:
-    """True when a reply carries a Python traceback (in its message or data)."""
-    text = str(reply)
-    return "Traceback" in text or 'File "' in text or "File \\\"" in text
-
-
-def _actionable(message: dict) -> bool:
-    """A pop-up the user must act on (no model yet: run `pocketpilot compress`), not protocol noise."""
-    return "pocketpilot compress" in message["params"]["message"]
-
-
 def run_probe(name: str, data: bytes, must_answer: list, empty_home: Path, tmp: Path) -> dict:
     """One probe in a fresh server (no model): what it did to the server."""
     srv = RawServer(empty_home, tmp / "probe.err")
@@ -123,7 +60,7 @@ def run_probe(name: str, data: bytes, must_answer: list, empty_home: Path, tmp: 
         answered = [srv.wait_reply(i, 5) for i in must_answer]
         replies = [r for r in srv.replies.values() if r]
         tracebacks = sum(has_traceback(r) for r in replies)
-        pops = len([m for m in srv.pop_ups()[before:] if not _actionable(m)])
+        pops = len([m for m in srv.pop_ups()[before:] if not actionable(m)])
         crashed = srv.proc.poll() is not None
     finally:
         srv.proc.kill()
@@ -134,9 +71,7 @@ def run_probe(name: str, data: bytes, must_answer: list, empty_home: Path, tmp: 
 
 def probes(empty_home: Path, tmp: Path) -> None:
     rows = []
-    table = dict(PROBES)
-    table["Content-Length 3 short"] = (_short_frame(), [])
-    for name, (data, ids) in table.items():
+    for name, (data, ids) in PROBES.items():
         rows.append(run_probe(name, data, ids, empty_home, tmp))
         bad = {k: v for k, v in rows[-1].items() if k != "probe" and v}
         print(f"  {name}: {bad or 'ok'}", flush=True)
@@ -224,7 +159,7 @@ def storm(home: Path, tmp: Path, n: int) -> None:
         t0 = time.perf_counter()
         for i in range(n):
             msg_id = f"storm-{i}"
-            srv.write(frame(_inline(URI, (i * 7) % 80, 0, msg_id)) +
+            srv.write(frame(inline_request(URI, (i * 7) % 80, 0, msg_id)) +
                       frame({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": msg_id}}))
             ids.append(msg_id)
         answered = [srv.wait_reply(i, 120) for i in ids]

@@ -20,12 +20,11 @@ from typing import Any
 INLINE_CAPS = {"textDocument": {"inlineCompletion": {}, "completion": {}}, "window": {"workDoneProgress": False}}
 
 
-def frame(body: bytes | str | dict) -> bytes:
-    """One base-protocol frame: ``Content-Length`` header, blank line, body (a dict is JSON-encoded)."""
-    if isinstance(body, dict):
-        body = json.dumps(body)
-    if isinstance(body, str):
-        body = body.encode("utf-8", "surrogatepass")
+def frame(body: Any) -> bytes:
+    """One base-protocol frame: ``Content-Length`` header, blank line, body (bytes as they are,
+    anything else JSON-encoded; lone surrogates are escaped as JSON allows)."""
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
     return b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 

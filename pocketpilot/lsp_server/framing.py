@@ -36,6 +36,7 @@ MARKER = b"Content-Length:"
 _END = b"\r\n\r\n"
 _DECODER = json.JSONDecoder()
 _LENGTH = re.compile(rb"[0-9]{1,20}")
+_NAME = re.compile(rb"[A-Za-z0-9-]{1,64}")  # a header name is a token
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ class FrameParser:
         length = None
         for line in header.split(b"\r\n"):
             name, sep, value = line.partition(b":")
-            if not sep:
-                return 0, f"header line {_show(line)} has no ':'"
+            if not sep or not _NAME.fullmatch(name):
+                return 0, f"header line {_show(line)} is not 'Name: value'"
             if name.strip().lower() == b"content-length":
                 value = value.strip()
                 if not _LENGTH.fullmatch(value):

@@ -59,6 +59,7 @@ def test_frames_split_anywhere_come_out_whole():
     b"garbage before any header",
     b'{"jsonrpc": "2.0", "id": 1, "method": "x"}',  # a body without a header
     b"\xff\xfe\x00binary",
+    b"Content-Length: 5\r\n" + b'{"jsonrpc": "2.0"}',  # no blank line: the next frame's header must not be eaten
 ])
 def test_a_broken_frame_is_noise_and_the_next_frame_is_read(bad):
     evs = events(FrameParser(), bad + TAIL)
