@@ -194,7 +194,9 @@ def fetch_teacher(spec: TeacherSpec, progress: Progress | None = None) -> Teache
     if spec.kind == "hf":
         folder = _snapshot(spec, progress)
         slug = f"hf-{_slugify(spec.target)}" + (f"@{_slugify(spec.revision)}" if spec.revision else "")
-        return _folder_teacher(spec, slug, folder, f"Hugging Face Hub {spec.target}@{spec.revision or 'main'}")
+        teacher = _folder_teacher(spec, slug, folder, f"Hugging Face Hub {spec.target}@{spec.revision or 'main'}")
+        check_hub_blobs(folder, teacher.source_sha256)
+        return teacher
     folder = Path(spec.target)
     if is_artifact_folder(folder):  # an artifact compressed further (a distilled student quantized afterwards)
         verify_artifact(folder)
@@ -245,6 +247,33 @@ def _folder_teacher(spec: TeacherSpec, slug: str, folder: Path, source: str) -> 
     if spec.kind == "folder":
         slug = f"{slug}-{combined[:8]}"  # a changed folder is a different teacher
     return Teacher(spec, slug, folder, source, hashes, folder_bytes(folder, "*.safetensors"))
+
+
+def check_hub_blobs(folder: Path, sha256: dict[str, str]) -> None:
+    """Check the files of a Hugging Face cache snapshot against the hashes their blobs are named by.
+
+    The hub cache names a large (LFS) file's blob by its sha256 and a small one's by its git blob
+    sha1; a snapshot file is a link to its blob. ``sha256`` holds hashes already computed (file
+    name -> hex), so weights are not read twice. Files that are not such links are not checked.
+
+    Raises:
+        FetchError: a file does not match its blob's name (the message says which blob to delete).
+    """
+    for path in sorted(folder.iterdir()):
+        if not path.is_symlink():
+            continue
+        blob = path.resolve()
+        name = blob.name
+        if len(name) == 64 and re.fullmatch(r"[0-9a-f]+", name):
+            digest = sha256.get(path.name) or sha256_file(blob)
+        elif len(name) == 40 and re.fullmatch(r"[0-9a-f]+", name):
+            data = blob.read_bytes()
+            digest = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        else:
+            continue
+        if digest != name:
+            raise FetchError(f"{path.name} in the Hugging Face cache is corrupt (its hash does not match its blob "
+                             f"{name[:12]}...); delete {blob} and run the command again to fetch it")
 
 
 def _snapshot(spec: TeacherSpec, progress: Progress) -> Path:

@@ -221,6 +221,37 @@ def test_a_corrupt_converted_teacher_is_converted_again(pp_home, tmp_path, tiny_
     assert "files" in json.loads((again.folder / "teacher.json").read_text()) and len(conversions) == 2
 
 
+def _hub_snapshot(root: Path, model: Path) -> Path:
+    """A Hugging Face cache snapshot of ``model``'s files, laid out as the hub client does (links to named blobs)."""
+    import hashlib
+
+    blobs, snap = root / "blobs", root / "snapshots" / ("0" * 40)
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(model.iterdir()):
+        data = f.read_bytes()
+        name = (hashlib.sha256(data).hexdigest() if f.suffix == ".safetensors"
+                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        (blobs / name).write_bytes(data)
+        (snap / f.name).symlink_to(Path("../../blobs") / name)
+    return snap
+
+
+def test_a_corrupt_file_in_the_hugging_face_cache_is_named_with_the_fix(tmp_path, tiny_teacher):
+    from pocketpilot.errors import FetchError
+    from pocketpilot.teachers import check_hub_blobs
+
+    snap = _hub_snapshot(tmp_path / "models--acme--tiny", tiny_teacher)
+    check_hub_blobs(snap, {})
+    for name in ("model.safetensors", "tokenizer.json"):
+        blob = (snap / name).resolve()
+        _flip(blob)
+        with pytest.raises(FetchError, match=rf"{name} in the Hugging Face cache is corrupt .* delete {blob} and run "
+                                             r"the command again"):
+            check_hub_blobs(snap, {})
+        _flip(blob)
+
+
 # ---------------------------------------------------------------- partial builds, full disk, two at once
 
 
