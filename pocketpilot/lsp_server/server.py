@@ -325,9 +325,9 @@ class PocketPilotServer(LanguageServer):
             return None
         others = tuple(sorted((d.uri, d.version or 0) for d in docs))
         texts = {d.uri: d.source for d in docs}  # str is immutable: a consistent snapshot
-        starts, source = doc.starts, doc.source
-        line = max(0, min(line, len(starts) - 1))
-        query = source[starts[max(0, line - 20)]: starts[line + 1] if line + 1 < len(starts) else len(source)]
+        index, source = doc.index, doc.source
+        line = max(0, min(line, index.line_count - 1))
+        query = source[index.line_start(max(0, line - 20)):index.line_end(line)]
         return uri, line, language if language is not None else doc.language_id, query, others, texts
 
     def _choose_snippets(self, uri: str, line: int, language: str | None, query: str, others: tuple,
@@ -375,7 +375,7 @@ class PocketPilotServer(LanguageServer):
             return None
         version, source, language = doc.version, doc.source, doc.language_id
         prefix, suffix = source[:offset], source[offset:]
-        line_prefix = source[doc.starts[position.line]:offset]
+        line_prefix = source[doc.index.line_start(position.line):offset]
         inputs = self._snippet_inputs(uri, doc, position.line)
         loop = asyncio.get_running_loop()
         snippets = await loop.run_in_executor(self.context, self._choose_snippets, *inputs) if inputs else []

@@ -261,7 +261,7 @@ def test_big_open_documents_do_not_stall_other_requests(server):
         assert reply["result"]["items"][0]["insertText"] == " a + b"
     done.set()
     pinger.join()
-    assert max(waits) < 1.0, sorted(waits)[-5:]  # 6.7 s before; the benchmark reports the figure here
+    assert max(waits) < 0.5, sorted(waits)[-5:]  # 1 to 6.7 s before; benchmarks/server_edge.py reports the figure
 
 
 def test_a_cancel_storm_drains_in_about_one_completion(server):
@@ -269,7 +269,7 @@ def test_a_cancel_storm_drains_in_about_one_completion(server):
     server.open(URI, "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n" * 20)
     t0 = time.perf_counter()
     assert server.wait_reply(server.inline(URI, 3, 14), 30) is not None
-    one = time.perf_counter() - t0
+    one = time.perf_counter() - t0  # one cold completion
     ids = [f"storm-{i}" for i in range(250)]
     t0 = time.perf_counter()
     for i, msg_id in enumerate(ids):
@@ -279,4 +279,7 @@ def test_a_cancel_storm_drains_in_about_one_completion(server):
     drain = time.perf_counter() - t0
     assert all(r is not None for r in replies)
     assert all(r.get("error", {}).get("code") == -32800 or "result" in r for r in replies)
-    assert drain < max(5 * one, 2.0), (drain, one)
+    # 250 request + cancel pairs arrive together: none may start the model. Before this was fixed
+    # each one ran a prefill chunk (433 ms here against a 12 ms completion); now the drain is the
+    # transport's time for 500 frames and 250 replies
+    assert drain < max(8 * one, 0.3), (drain, one)

@@ -4,7 +4,7 @@ import pytest
 from lsprotocol import types
 
 from pocketpilot.errors import DocumentNotOpenError, PositionError
-from pocketpilot.lsp_server.documents import SafeTextDocument, SafeWorkspace, clean_text, line_starts
+from pocketpilot.lsp_server.documents import LineIndex, SafeTextDocument, SafeWorkspace, clean_text
 
 P = types.Position
 
@@ -27,7 +27,9 @@ def test_only_lf_crlf_and_cr_break_lines(sep):
 
 def test_crlf_and_cr_count_as_one_break_each():
     text = "a\r\nbb\rccc\n"
-    assert line_starts(text) == [0, 3, 6, 10]
+    index = LineIndex(text)
+    assert [index.line_start(i) for i in range(index.line_count)] == [0, 3, 6, 10]
+    assert [index.line_of(o) for o in (0, 2, 3, 6, 9, 10)] == [0, 0, 1, 2, 2, 3]
     d = doc(text)
     assert [d.line_text(i) for i in range(4)] == ["a", "bb", "ccc", ""]
     assert d.offset_at_position(P(line=1, character=2)) == 5
@@ -96,10 +98,19 @@ def test_a_never_opened_document_is_never_read_from_disk(tmp_path):
                                 types.TextDocumentContentChangeWholeDocument(text="y"))
 
 
-def test_a_big_document_costs_one_line_scan_per_text():
+def test_a_big_document_costs_one_index_per_text_and_chunk_edges_are_exact(monkeypatch):
     d = doc("x = 1\n" * 200_000)
-    starts = d.starts
-    assert d.starts is starts and d.offset_at_position(P(line=199_999, character=5)) == len(d.source) - 1
+    index = d.index
+    assert d.index is index and d.offset_at_position(P(line=199_999, character=5)) == len(d.source) - 1
     d.apply_change(types.TextDocumentContentChangePartial(
         range=types.Range(start=P(line=0, character=0), end=P(line=0, character=0)), text="#"))
-    assert d.starts is not starts and d.line_text(0) == "#x = 1"
+    assert d.index is not index and d.line_text(0) == "#x = 1"
+    monkeypatch.setattr(LineIndex, "CHUNK", 4)  # chunks end inside lines, after \r, before \n
+    text = "ab\r\ncd\re\n\r\nf\u2028g\r"
+    small = LineIndex(text)
+    want = [0, *(m.end() for m in __import__("re").finditer("\r\n|\r|\n", text))]
+    assert [small.line_start(i) for i in range(small.line_count)] == want
+    assert [small.line_of(o) for o in range(len(text) + 1)] == [sum(1 for w in want[1:] if w <= o)
+                                                                 for o in range(len(text) + 1)]
+    assert [text[small.line_start(i):small.line_end(i)] for i in range(small.line_count)] == \
+        ["ab", "cd", "e", "", "f\u2028g", ""]
