@@ -552,7 +552,9 @@ def _add_complete(sub) -> None:
 
 def _add_serve(sub) -> None:
     s = sub.add_parser("serve", help="run the language server (stdio by default)")
-    s.add_argument("--tcp", type=int, metavar="PORT", help="listen on TCP instead of stdio")
+    s.add_argument("--tcp", type=int, metavar="PORT",
+                   help="listen on TCP instead of stdio; a client must send initializationOptions.token, the "
+                        "session token written to <cache>/serve-PORT.token (0600)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--model", help="artifact id or folder (default: the active artifact)")
     s.set_defaults(func=cmd_serve)
