@@ -126,6 +126,7 @@ class RateLimitFilter(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """False for a record over its kind's limit; else True, the record cut to one line."""
         key = (record.name, str(record.msg)[:200])
         now = time.monotonic()
         start, count = self._seen.get(key, (now, 0))

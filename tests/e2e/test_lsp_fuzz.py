@@ -82,8 +82,18 @@ class Fuzzer:
                          "untitled:x", "", "file:///tmp/%00", "file:///tmp/\ud83d.py"])
 
     def frame(self) -> bytes:
+        """One fuzz frame (bytes as written to the server)."""
+        kind = self.rng.randrange(16)
+        for make, kinds in ((self._broken_bytes, (0, 1, 8, 9)), (self._bad_request, (2, 3, 4, 5, 12, 14)),
+                            (self._document_or_notification, (6, 7, 10, 11, 13))):
+            if kind in kinds and (made := make(kind)) is not None:
+                return made
+        return frame(self.request("textDocument/completion", {  # a valid request on a fuzz document
+            "textDocument": {"uri": self.doc_uri()}, "position": {"line": 0, "character": 0}}))
+
+    def _broken_bytes(self, kind: int) -> bytes | None:
+        """Broken bodies and framing: truncated JSON, wrong Content-Length, non-UTF-8, deep JSON."""
         r = self.rng
-        kind = r.randrange(16)
         if kind == 0:  # a truncated or garbled body in a good frame
             body = json.dumps(self.request("textDocument/completion", {"x": 1})).encode()
             self.expect.pop()  # maybe broken: not counted
@@ -97,6 +107,18 @@ class Fuzzer:
                              b"Content-Length: 35184372088832\r\n\r\n", b"Content-Length: 1e3\r\n\r\n",
                              b"", b"Content-Length: 5\r\n", b"\r\n\r\n", b"X: y\r\n\r\n"])
             return head + body
+        if kind == 8:  # non-UTF-8 bytes inside a body
+            body = json.dumps({"jsonrpc": "2.0", "method": "pocketpilot/didFocus",
+                               "params": {"textDocument": {"uri": "XX"}}}).encode().replace(b"XX", b"\xff\xc3(")
+            return frame(body)
+        if kind == 9:  # deep JSON
+            depth = r.choice([100, 5000, 100_000])
+            return frame(b'{"jsonrpc": "2.0", "method": "x", "params": ' + b"[" * depth + b"]" * depth + b"}")
+        return None
+
+    def _bad_request(self, kind: int) -> bytes | None:
+        """Requests that must be refused with an error reply (each one counted in :attr:`expect`)."""
+        r = self.rng
         if kind == 2:  # unknown methods
             if r.random() < 0.5:
                 return frame(self.request(r.choice(["foo/bar", "$/x", "textDocument/unknown", ""]), None))
@@ -118,6 +140,17 @@ class Fuzzer:
                                                                  "character": r.choice([11, 12, 99])},
                       "context": {"triggerKind": 1}}
             return frame(self.request("textDocument/inlineCompletion", params))
+        if kind == 12:  # executeCommand with arguments outside the schema (never a valid compress)
+            return frame(self.request("workspace/executeCommand", {
+                "command": r.choice(["pocketpilot.compress", "pocketpilot.compress", "other.cmd"]),
+                "arguments": r.choice(BAD_COMMAND_ARGS)}))
+        if kind == 14:  # a second initialize
+            return frame(self.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}}))
+        return None
+
+    def _document_or_notification(self, kind: int) -> bytes | None:
+        """Fuzz documents and notifications: opens, bad changes, big texts, cancels, odd envelopes; ``None`` when the kind cannot apply now."""
+        r = self.rng
         if kind == 6:  # open a fuzz document (lone surrogates, LSP-foreign line breaks, NULs)
             uri = f"file:///tmp/fuzz/f{len(self.docs)}.py"
             self.docs.append(uri)
@@ -134,13 +167,6 @@ class Fuzzer:
             return frame({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
                 "textDocument": {"uri": r.choice(self.docs + ["file:///tmp/fuzz/never.py"]),
                                  "version": r.randint(0, 10**6)}, "contentChanges": [change]}})
-        if kind == 8:  # non-UTF-8 bytes inside a body
-            body = json.dumps({"jsonrpc": "2.0", "method": "pocketpilot/didFocus",
-                               "params": {"textDocument": {"uri": "XX"}}}).encode().replace(b"XX", b"\xff\xc3(")
-            return frame(body)
-        if kind == 9:  # deep JSON
-            depth = r.choice([100, 5000, 100_000])
-            return frame(b'{"jsonrpc": "2.0", "method": "x", "params": ' + b"[" * depth + b"]" * depth + b"}")
         if kind == 10 and self.big < 2:  # a 2 MB document
             self.big += 1
             uri = f"file:///tmp/fuzz/big{self.big}.py"
@@ -150,20 +176,13 @@ class Fuzzer:
         if kind == 11:  # cancels of other ids, well-formed or not
             return frame({"jsonrpc": "2.0", "method": "$/cancelRequest",
                           "params": r.choice([{"id": r.randint(0, 10**6)}, {"id": None}, {"id": [1]}, {}, None, 5])})
-        if kind == 12:  # executeCommand with arguments outside the schema (never a valid compress)
-            return frame(self.request("workspace/executeCommand", {
-                "command": r.choice(["pocketpilot.compress", "pocketpilot.compress", "other.cmd"]),
-                "arguments": r.choice(BAD_COMMAND_ARGS)}))
         if kind == 13:  # responses to requests the server never sent; envelopes that are not JSON-RPC 2.0
             return frame(r.choice([{"jsonrpc": "2.0", "id": r.randint(0, 99), "result": None},
                                    {"jsonrpc": "2.0", "id": "x", "error": {"code": "bad"}},
                                    {"jsonrpc": "1.0", "id": 3, "method": "shutdown"}, [1, {"a": 2}], "str", 5,
                                    {"jsonrpc": "2.0", "id": {"a": 1}, "method": "shutdown"},
                                    {"jsonrpc": "2.0", "id": True, "method": "shutdown"}]))
-        if kind == 14:  # a second initialize
-            return frame(self.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}}))
-        return frame(self.request("textDocument/completion", {  # a valid request on a fuzz document
-            "textDocument": {"uri": self.doc_uri()}, "position": {"line": 0, "character": 0}}))
+        return None
 
 
 def test_seeded_fuzz_cannot_crash_wedge_or_poison_the_server(server):
