@@ -156,7 +156,7 @@ class _ModelRun:
             self._engine = CompletionEngine(self.loaded)
         if self.ckpt is None:
             return self._engine
-        return CheckpointedEngine(self._engine, self.scope("complete", asdict(self._engine.settings)))
+        return CheckpointedEngine(self._engine, self.scope("complete", self._engine.settings.output_key()))
 
     def eval_cache(self) -> EvalCache:
         """HumanEval generations shared by ``humaneval`` and ReCode's nominal set, kept in the checkpoint."""

@@ -33,6 +33,10 @@ class Setting:
         maximum: largest accepted value (integers only); ``None`` = no upper bound.
         description: one or two user-facing sentences, with units (Markdown).
         choices: the accepted values of a ``str`` setting (JSON schema ``enum``); ``None`` otherwise.
+        unkeyed: a value at which the setting leaves every suggestion as it was before the setting
+            existed (or ``ANY`` when no value changes a suggestion's text); such values are left out of
+            :meth:`EngineSettings.output_key`, so stored evaluation outputs stay valid when a setting
+            is added. ``None``: always part of the key.
     """
 
     name: str
@@ -43,6 +47,7 @@ class Setting:
     maximum: int | None
     description: str
     choices: tuple[str, ...] | None = None
+    unkeyed: Any = None
 
     @property
     def json_type(self) -> str | list[str]:
@@ -87,15 +92,19 @@ def camel(name: str) -> str:
     return head + "".join(w.title() for w in rest)
 
 
+#: :attr:`Setting.unkeyed` of a setting whose value never changes a suggestion's text
+ANY = "any value"
+
+
 def setting(default: Any, description: str, *, minimum: int | None = None, maximum: int | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field declaring one setting: its default, bounds (integers) or choices (strings)
-    and description.
+            choices: tuple[str, ...] | None = None, unkeyed: Any = None) -> Any:
+    """A dataclass field declaring one setting: its default, bounds (integers) or choices (strings),
+    description and, for a setting added after outputs were stored, :attr:`Setting.unkeyed`.
 
     The name, key and type come from the field itself when :func:`schema` reads the class.
     """
     facts = {"default": default, "minimum": minimum, "maximum": maximum, "description": description,
-             "choices": choices}
+             "choices": choices, "unkeyed": unkeyed}
     return dataclasses.field(default=default, metadata={META_KEY: facts})
 
 
@@ -157,11 +166,18 @@ class EngineSettings(_Validated):
                                      "is recomputed after each keystroke), `psm-shift` (faster: the suffix's cached "
                                      "keys are moved instead, as llama.cpp's cache reuse does, but suggestions get "
                                      "worse) or `spm` (suffix first; only for models trained on it).",
-                              choices=("psm", "psm-shift", "spm"))
+                              choices=("psm", "psm-shift", "spm"), unkeyed="psm")
     max_latency_ms: int = setting(0, "Time budget per suggestion (ms): decoding stops when it is spent and only the "
-                                     "complete lines so far are shown. 0 = no limit.", minimum=0)
+                                     "complete lines so far are shown. 0 = no limit.", minimum=0, unkeyed=0)
     threads: int = setting(0, "CPU threads for the model; 0 = adapt at each request to the cores other programs "
-                              "leave free (never more than this process may use).", minimum=0)
+                              "leave free (never more than this process may use).", minimum=0, unkeyed=ANY)
+
+    def output_key(self) -> dict:
+        """The settings that can change a suggestion's text, as a JSON-able dict (what stored
+        evaluation outputs are keyed by): every field except those at their :attr:`Setting.unkeyed` value."""
+        facts = {s.name: s for s in schema(type(self))}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if facts[k].unkeyed is None or (facts[k].unkeyed != ANY and facts[k].unkeyed != v)}
 
     @property
     def keystroke_tokens(self) -> int:

@@ -185,3 +185,18 @@ def test_cost_results_are_reused_for_the_same_model_and_tasks(tmp_path, tiny_hom
     assert again["models"][get_active()]["cost"] == {**first["models"][get_active()]["cost"], "reused": 1}
     run_eval([get_active()], ["cost"], tasks=tasks, cost_completions=3, checkpoint=ck, log=lambda m: None)
     assert runs == [2, 3]  # other tasks timed: measured again
+
+
+def test_outputs_stay_keyed_when_a_setting_that_changes_no_suggestion_is_added_or_moved():
+    from dataclasses import asdict
+
+    from pocketpilot.runtime.settings import EngineSettings
+
+    key = EngineSettings().output_key()
+    # the three settings added after the stored outputs were made are left out at their old behaviour
+    before = {k: v for k, v in asdict(EngineSettings()).items() if k not in ("fim_layout", "max_latency_ms", "threads")}
+    assert key == before
+    assert EngineSettings(threads=1).output_key() == key  # threads never change a suggestion's text
+    assert EngineSettings(fim_layout="spm").output_key()["fim_layout"] == "spm"
+    assert EngineSettings(max_latency_ms=300).output_key()["max_latency_ms"] == 300
+    assert EngineSettings(max_new_tokens=8).output_key() != key
