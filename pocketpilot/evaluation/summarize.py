@@ -177,18 +177,20 @@ def evaluate_summaries(engine, tasks: list[dict], progress: Callable[[Iterable],
         how many functions were cut to fit the prompt and how many answers were empty, outputs
         taken from the checkpoint; ``predictions`` lists ``{"id", "pred", "reference", "bleu", "rouge_l", "ms"}``.
     """
-    from pocketpilot.runtime.summarize import write_docstring  # lazy: torch
+    from pocketpilot.runtime.summarize import clean_summary, write_docstring  # lazy: torch
 
     rows, lat, scores = [], [], []
     cut = reused = 0
     for task in progress(tasks) if progress else tasks:
         item = [task["code"], task.get("lang", "python")]
         got = scope.get(item) if scope is not None else None
-        if isinstance(got, dict) and {"text", "ms", "cut_tokens"} <= got.keys():
-            reused += 1
+        if isinstance(got, dict) and {"raw", "ms", "cut_tokens"} <= got.keys():
+            reused += 1  # cleaned again: a better clean_summary needs no new model run
+            got = {**got, "text": clean_summary(got["raw"], task.get("lang", "python")) if got["raw"] else ""}
         else:
             d = write_docstring(engine, function_from_code(task["code"], task.get("lang", "python")))
-            got = {"text": d.text, "ms": round(d.ms, 1), "cut_tokens": d.cut_tokens}
+            got = {"text": d.text, "raw": "" if d.cancelled else d.raw, "ms": round(d.ms, 1),
+                   "cut_tokens": d.cut_tokens}
             if scope is not None:
                 scope.put(item, got)
         cut += got["cut_tokens"] > 0

@@ -245,15 +245,25 @@ def finished(text: str, closer: str | None) -> bool:
     return len(ends) >= MAX_SENTENCES and ends[MAX_SENTENCES - 1].end() < len(body)
 
 
+#: an answer that starts as code (the function echoed back), per language; brace languages share one
+_ECHOED_CODE = {"python": re.compile(r"\s*(async\s+def|def|class)\s+\w+\s*[(:]")}
+_BRACE_ECHO = re.compile(r"\s*(export\s+|public\s+|private\s+|static\s+|func\s+|fn\s+|function\s+)*[\w<>\[\]*&:, ]*\w+\s*\([^)]*\)\s*(->\s*[^{]+)?\{")
+
+
 def clean_summary(raw: str, language: str) -> str:
     """The summary in a model's answer, as one plain paragraph of at most :data:`MAX_SENTENCES` sentences.
 
-    Takes a docstring out of a function the model rewrote in a code fence, drops fences, quote
+    Takes a docstring out of a function the model rewrote in a code fence or echoed back without
+    one (an echoed function without a docstring gives ""), drops fences, quote
     and comment markers, a lead-in line ("Here is the docstring:"), ``Args:``-style sections and
     everything after the first paragraph; starts with a capital and ends with a full stop.
     Returns "" when no words are left.
     """
     text = _from_fence(raw, language)
+    if _ECHOED_CODE.get(language, _BRACE_ECHO).match(text):
+        # the model wrote the function out again instead of a summary: its docstring, if it has one
+        doc = re.search(r'("""|\'\'\')(.*?)(\1|$)', text, re.S) if language == "python" else re.search(r"/\*\*(.*?)(\*/|$)", text, re.S)
+        text = doc.group(2 if language == "python" else 1) if doc else ""
     text = re.sub(r'^\s*[rRuU]?("""|\'\'\')', "", text)
     text = text.split('"""')[0].split("'''")[0].split("*/")[0]
     lines = [re.sub(r"^\s*(/\*\*?|\*(?!\*)|///?|#)\s?", "", line) for line in text.strip().split("\n")]

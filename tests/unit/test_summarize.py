@@ -481,3 +481,13 @@ def test_summarize_tasks_file_of_the_wrong_kind_is_a_one_line_error(tmp_path, ca
 def test_docs_name_the_command():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "--suite summarize" in readme and "vim.lsp.buf.code_action" in readme
+
+
+def test_an_echoed_function_is_not_taken_for_a_summary():
+    from pocketpilot.runtime.summarize import clean_summary
+
+    # a small instruct model often writes the function back instead of describing it
+    assert clean_summary('def tabs(self): return self.tk.splitlist(self.tk.call(self._w, "tabs"))', "python") == ""
+    assert clean_summary('def f(x):\n    """Return x doubled."""\n    return 2 * x', "python") == "Return x doubled."
+    assert clean_summary("int add(int a, int b) { return a + b; }", "c") == ""
+    assert clean_summary("Definitely returns the sum.", "python") == "Definitely returns the sum."
