@@ -47,7 +47,7 @@ DOC_PROMPT_TOKENS = 1536
 #: sentences a docstring keeps
 MAX_SENTENCES = 3
 #: bumped whenever a prompt changes, so evaluation checkpoints do not reuse outputs of an older prompt
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 #: docstring line width, indentation included (characters)
 WIDTH = 88
 
@@ -66,12 +66,13 @@ class Docstring:
         text: the summary: one paragraph of one to three sentences, plain text ("" when
             nothing usable came out, or when cancelled).
         raw: the decoded model output.
-        prompt: how the prompt was made: ``"chat"``, ``"fim"`` or ``"prefix"``.
+        prompt: how the prompt was made: ``"chat"``, ``"fim"`` or ``"prefix"``, or ``"chat, then fim"``
+            (``"chat, then prefix"``) when the chat answer held no docstring and the completion prompt was asked.
         prompt_tokens: tokens prefilled (tokens).
         new_tokens: tokens decoded (tokens).
         ms: wall time of prefill and decoding (ms).
         cancelled: ``should_stop`` returned True.
-        cut_tokens: tokens of the function left out to fit the context window (0: none).
+        cut_tokens: tokens of the function left out to fit the context window, the most of any prompt asked (0: none).
     """
 
     text: str
@@ -129,17 +130,27 @@ def write_docstring(engine: CompletionEngine, fn: FunctionAt, *, should_stop: Ca
                  fn.name or "the function", prompt.cut_tokens, budget, context_window(engine))
     raw, new_tokens, cancelled = _generate(engine, prompt, max_new_tokens, should_stop)
     text = "" if cancelled else clean_summary(raw, fn.language)
-    return Docstring(text=text, raw=raw, prompt=prompt.kind, prompt_tokens=len(prompt.ids), new_tokens=new_tokens,
-                     ms=(time.perf_counter() - t0) * 1e3, cancelled=cancelled, cut_tokens=prompt.cut_tokens)
+    kind, prompt_tokens, cut = prompt.kind, len(prompt.ids), prompt.cut_tokens
+    if not text and not cancelled and prompt.kind == "chat":
+        # small instruct models often answer with the function itself (SmolLM2-135M: 38 of 50
+        # stdlib functions); the completion prompt that opens the docstring is asked next
+        prompt = build_prompt(engine, fn, budget, chat=False)
+        raw, more, cancelled = _generate(engine, prompt, max_new_tokens, should_stop)
+        text = "" if cancelled else clean_summary(raw, fn.language)
+        kind, prompt_tokens, new_tokens = f"chat, then {prompt.kind}", prompt_tokens + len(prompt.ids), new_tokens + more
+        cut = max(cut, prompt.cut_tokens)
+    return Docstring(text=text, raw=raw, prompt=kind, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                     ms=(time.perf_counter() - t0) * 1e3, cancelled=cancelled, cut_tokens=cut)
 
 
-def build_prompt(engine: CompletionEngine, fn: FunctionAt, budget: int) -> _Prompt:
+def build_prompt(engine: CompletionEngine, fn: FunctionAt, budget: int, chat: bool = True) -> _Prompt:
     """The prompt's token ids (at most ``budget`` tokens), its kind and its closer; the function's
-    text is cut at its end (chat, fim) or start (prefix) until the prompt fits."""
+    text is cut at its end (chat, fim) or start (prefix) until the prompt fits. ``chat=False``
+    skips the chat template (the completion prompt, FIM or prefix, that opens the docstring)."""
     tok = engine.tokenizer
     lang = _NAMES.get(fn.language, fn.language)
     python = fn.language == "python"
-    if getattr(tok, "chat_template", None):
+    if chat and getattr(tok, "chat_template", None):
         def build(code: str) -> list[int]:
             ask = (f"Write a docstring of one to three sentences for this {lang} function: what it does, "
                    f"not how. Answer with the docstring text only.\n\n```{fn.language}\n{textwrap.dedent(code)}\n```")

@@ -213,10 +213,27 @@ def test_a_function_too_long_for_the_window_is_cut_with_a_log_line(engine, caplo
     finally:
         engine.tokenizer.chat_template = None
     window = engine.model.config.max_position_embeddings  # 512 for the tiny model
-    assert doc.prompt == "chat" and doc.cut_tokens > 0 and doc.prompt_tokens <= window - 8
+    assert doc.prompt.startswith("chat") and doc.cut_tokens > 0 and doc.prompt_tokens <= 2 * (window - 8)
     assert "cut by" in caplog.text and "big" in caplog.text
     fits = write_docstring(engine, function_from_code("def f(x):\n    return x\n", "python"), max_new_tokens=4)
     assert fits.cut_tokens == 0
+
+
+def test_a_chat_answer_without_a_docstring_falls_back_to_the_completion_prompt(engine, monkeypatch):
+    from pocketpilot.runtime import summarize
+
+    answers = iter([("def f(x):\n    return x", 5, False), ('Return x unchanged."""', 4, False)])
+    kinds = []
+
+    def fake_generate(engine_, prompt, limit, should_stop):
+        kinds.append(prompt.kind)
+        return next(answers)
+
+    monkeypatch.setattr(summarize, "_generate", fake_generate)
+    monkeypatch.setattr(engine.tokenizer, "chat_template", "{{ messages[0]['content'] }}", raising=False)
+    doc = write_docstring(engine, function_from_code("def f(x):\n    return x\n", "python"))
+    assert kinds == ["chat", "prefix"] and doc.prompt == "chat, then prefix"
+    assert doc.text == "Return x unchanged." and doc.new_tokens == 9
 
 
 def test_fim_prompt_puts_the_function_after_the_docstring(tmp_path):
