@@ -232,7 +232,7 @@ describe("VS Code UI (code-server + chromium)", { skip: SKIP }, () => {
     const inserted = JSON.parse(String(execFileSync(PYTHON, ["-c", script, artifact, file],
       { env: { ...process.env, POCKETPILOT_HOME: join(work, "pp-home"), OMP_NUM_THREADS: "1" },
         stdio: ["ignore", "pipe", "inherit"], timeout: 120_000 })));
-    assert.match(inserted, /^    """\S.*"""\n$/, `the tiny model writes a docstring: ${JSON.stringify(inserted)}`);
+    assert.match(inserted, /^ {4}"""\S.*"""\n$/, `the tiny model writes a docstring: ${JSON.stringify(inserted)}`);
     const lines = source.split("\n");
     const want = [lines[0], inserted.slice(0, -1), ...lines.slice(1)].join("\n");
 
