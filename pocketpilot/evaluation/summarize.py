@@ -32,6 +32,7 @@ from sacrebleu.metrics.bleu import BLEU
 from pocketpilot.corpus import default_source_dir, source_files
 from pocketpilot.errors import PocketPilotError
 from pocketpilot.evaluation.line_completion import percentile
+from pocketpilot.evaluation.tasks import read_jsonl_rows
 from pocketpilot.runtime.functions import function_from_code, python_functions
 
 def checkpoint_settings() -> dict:
@@ -139,25 +140,9 @@ def read_summary_tasks(path: Path) -> list[dict]:
     Raises:
         PocketPilotError: the file is missing or a row is malformed (names the line number).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PocketPilotError(f"task file not found: {path}")
-    tasks = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            ok = isinstance(row["code"], str) and isinstance(row["reference"], str)
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            raise PocketPilotError(f"{path}:{k}: not a summarize task (need JSON with string 'code' and 'reference'; "
-                                   f"with --suite summarize, --tasks takes such rows)")
-        row.setdefault("id", f"{path.name}:{k}")
-        row.setdefault("lang", "python")
-        tasks.append(row)
-    return tasks
+    return read_jsonl_rows(path, lambda row: isinstance(row["code"], str) and isinstance(row["reference"], str),
+                           "not a summarize task (need JSON with string 'code' and 'reference'; "
+                           "with --suite summarize, --tasks takes such rows)", lang="python")
 
 
 def evaluate_summaries(engine, tasks: list[dict], progress: Callable[[Iterable], Iterable] | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 from pocketpilot.corpus import LANGS, default_source_dir, source_files
 from pocketpilot.errors import PocketPilotError
@@ -73,8 +74,13 @@ def write_tasks(tasks: list[dict], out: Path) -> None:
             f.write(json.dumps(t) + "\n")
 
 
-def read_tasks(path: Path) -> list[dict]:
-    """Read JSONL tasks; each row needs ``prefix`` and ``gt`` (``suffix``, ``id``, ``lang`` optional).
+def read_jsonl_rows(path: Path, valid: Callable[[dict], bool], what: str, lang: str = "") -> list[dict]:
+    """Rows of a JSONL task file, blank lines skipped; each gets ``id`` (``FILE:LINE``) and ``lang``
+    (``lang``) unless it has them.
+
+    Args:
+        valid: True for a usable row (it may raise KeyError / TypeError for a missing or wrong field).
+        what: the end of the error for a bad row, e.g. ``"not a task row (need JSON with 'prefix' and 'gt')"``.
 
     Raises:
         PocketPilotError: the file is missing or a row is malformed (names the line number).
@@ -82,17 +88,31 @@ def read_tasks(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise PocketPilotError(f"task file not found: {path}")
-    tasks = []
+    rows = []
     for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            row["prefix"], row["gt"]
+            ok = valid(row)
         except (ValueError, KeyError, TypeError):
-            raise PocketPilotError(f"{path}:{k}: not a task row (need JSON with 'prefix' and 'gt')") from None
-        row.setdefault("suffix", "")
+            ok = False
+        if not ok:
+            raise PocketPilotError(f"{path}:{k}: {what}")
         row.setdefault("id", f"{path.name}:{k}")
-        row.setdefault("lang", "")
-        tasks.append(row)
+        row.setdefault("lang", lang)
+        rows.append(row)
+    return rows
+
+
+def read_tasks(path: Path) -> list[dict]:
+    """Read JSONL tasks; each row needs ``prefix`` and ``gt`` (``suffix``, ``id``, ``lang`` optional).
+
+    Raises:
+        PocketPilotError: the file is missing or a row is malformed (names the line number).
+    """
+    tasks = read_jsonl_rows(path, lambda row: isinstance(row, dict) and "prefix" in row and "gt" in row,
+                            "not a task row (need JSON with 'prefix' and 'gt')")
+    for row in tasks:
+        row.setdefault("suffix", "")
     return tasks
