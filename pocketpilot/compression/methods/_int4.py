@@ -29,6 +29,7 @@ GROUP_PROBE_ROWS = 256
 
 
 def _decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """``{module path: nn.Linear}`` of the decoder layers (the LM head excluded), a snapshot safe to replace in."""
     head = model.get_output_embeddings()
     return {p: m for p, m in model.named_modules()
             if isinstance(m, nn.Linear) and m is not head and ".layers." in f".{p}"}
@@ -91,9 +92,7 @@ def int4_linears(model: nn.Module, inputs: dict[str, torch.Tensor], group_size: 
         return isinstance(mod, nn.Linear) and mod is not head and supports(mod.out_features, mod.in_features, group_size)
 
     shared = shared_input_scales(model, inputs, alphas, takes, fake_quant=fq)
-    for path, mod in list(model.named_modules()):
-        if not isinstance(mod, nn.Linear) or mod is head or ".layers." not in f".{path}":
-            continue
+    for path, mod in _decoder_linears(model).items():
         if not takes(mod):
             continue  # stays int8
         scale = shared.get(path)
