@@ -24,6 +24,7 @@ from typing import Any
 
 from lsprotocol import types
 
+from pocketpilot.errors import DocumentNotOpenError
 from pocketpilot.runtime.functions import LANGUAGES, FunctionAt, find_function
 
 log = logging.getLogger("pocketpilot.server")
@@ -54,8 +55,11 @@ def _can_resolve_edit(ls) -> bool:
 
 def _function(ls, uri: str, line: int, character: int) -> tuple[Any, FunctionAt] | None:
     """The open document and the function at a client position (``None``: no document, model, language or function)."""
-    doc = ls.workspace.text_documents.get(uri)
-    if doc is None or ls.engine is None or doc.language_id not in LANGUAGES:
+    try:
+        doc = ls.document(uri)  # as it was when the request arrived: the position refers to that text
+    except DocumentNotOpenError:
+        return None
+    if ls.engine is None or doc.language_id not in LANGUAGES:
         return None
     lines = doc.lines
     if not 0 <= line < len(lines):
@@ -128,14 +132,14 @@ async def docstring_edit(ls, doc, fn: FunctionAt) -> types.WorkspaceEdit | None:
     cancelled = threading.Event()
 
     def changed() -> bool:
-        now = ls.workspace.text_documents.get(uri)
+        now = ls.open_or_none(uri)
         return now is None or now.version != version
 
     def should_stop() -> bool:  # polled by the inference thread between tokens
         return cancelled.is_set() or changed()
 
     try:
-        result = await ls._run_user(functools.partial(write_docstring, engine, fn, should_stop=should_stop))
+        result = await ls.run_user(functools.partial(write_docstring, engine, fn, should_stop=should_stop))
     except asyncio.CancelledError:
         cancelled.set()
         raise

@@ -91,7 +91,7 @@ class PocketPilotServer(LanguageServer):
     def document(self, uri: str) -> SafeTextDocument:
         """The open document at ``uri`` (text as the client sent it, LSP lines, client positions);
         inside a request's handler, as it was when the request arrived (its positions refer to
-        that text; compare ``version`` with :meth:`_open_or_none`'s to see whether it changed since).
+        that text; compare ``version`` with :meth:`open_or_none`'s to see whether it changed since).
 
         Raises:
             DocumentNotOpenError: the client never opened it; nothing is read from disk.
@@ -99,7 +99,7 @@ class PocketPilotServer(LanguageServer):
         received = received_document(uri)
         return received if received is not None else open_document(self.workspace, uri)
 
-    def _open_or_none(self, uri: str) -> SafeTextDocument | None:
+    def open_or_none(self, uri: str) -> SafeTextDocument | None:
         """The open document at ``uri`` as it is now, or ``None`` when it is not open."""
         try:
             return open_document(self.workspace, uri)
@@ -125,7 +125,7 @@ class PocketPilotServer(LanguageServer):
             "remembered": self.last.get("remembered"), "cut": self.last.get("cut"),
             "threads": self.last.get("threads")})
 
-    def _run_user(self, fn):
+    def run_user(self, fn):
         """Submit a user request to the inference thread; background jobs see it waiting and yield."""
         with self._waiting_lock:
             self._waiting += 1
@@ -179,7 +179,7 @@ class PocketPilotServer(LanguageServer):
         :meth:`CompletionEngine.warm`)."""
         if self.engine is None or not self.settings.warm_up or not self.settings.kv_cache_mb:
             return
-        doc = self._open_or_none(uri)
+        doc = self.open_or_none(uri)
         if doc is None:
             return
         source = doc.source
@@ -309,7 +309,7 @@ class PocketPilotServer(LanguageServer):
         the server calls it through :meth:`_snippet_inputs` and :meth:`_choose_snippets` on its
         context thread, never on the event loop.
         """
-        doc = self._open_or_none(uri)
+        doc = self.open_or_none(uri)
         inputs = self._snippet_inputs(uri, doc, line, language) if doc is not None else None
         return self._choose_snippets(*inputs) if inputs else []
 
@@ -370,7 +370,7 @@ class PocketPilotServer(LanguageServer):
             await asyncio.sleep(self.settings.debounce_ms / 1000)
             if self.latest.get(uri) != ticket:
                 return None
-        now = self._open_or_none(uri)
+        now = self.open_or_none(uri)
         if now is None or now.version != doc.version:  # closed or changed since the request was sent
             return None
         version, source, language = doc.version, doc.source, doc.language_id
@@ -389,7 +389,7 @@ class PocketPilotServer(LanguageServer):
 
         self._idle.pop(uri, None)  # a background job for this document yields to the request
         try:
-            result = await self._run_user(functools.partial(
+            result = await self.run_user(functools.partial(
                 engine.complete, prefix, suffix, cache_key=uri, should_stop=should_stop,
                 language=language, snippets=snippets))
         except asyncio.CancelledError:  # $/cancelRequest: stop the generation at the next token
@@ -398,7 +398,7 @@ class PocketPilotServer(LanguageServer):
         if result.cancelled:
             log.debug("completion for %s pre-empted after %.0f ms", uri, result.total_ms)
             return None
-        now = self._open_or_none(uri)
+        now = self.open_or_none(uri)
         if now is None or now.version != version:
             log.debug("document %s changed during inference; answering empty", uri)
             return None
@@ -448,7 +448,7 @@ async def on_initialized(ls: PocketPilotServer, params: types.InitializedParams)
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: PocketPilotServer, params: types.DidOpenTextDocumentParams) -> None:
     """Warm the opened document up at its end (a focus notification with the cursor supersedes it)."""
-    doc = ls._open_or_none(params.text_document.uri)
+    doc = ls.open_or_none(params.text_document.uri)
     if doc is not None:
         ls.sources[params.text_document.uri] = doc.source
         ls.warm_up(params.text_document.uri)
@@ -459,7 +459,7 @@ def did_change(ls: PocketPilotServer, params: types.DidChangeTextDocumentParams)
     """After a typing pause, warm the document up where it changed: the end of the last change,
     or, for a whole-document change, the end of the text that differs from the previous version."""
     uri = params.text_document.uri
-    doc = ls._open_or_none(uri)
+    doc = ls.open_or_none(uri)
     if doc is None:
         return
     old, new = ls.sources.get(uri), doc.source
