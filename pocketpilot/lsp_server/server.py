@@ -286,9 +286,10 @@ class PocketPilotServer(LanguageServer):
         except PocketPilotError as exc:
             self.engine = None
             self.end_progress(token, f"failed: {exc}")
-            self.set_state("no-model", str(exc))
             log.warning("%s", exc)
+            # the hint before the state: a client that sees "no-model" has the message already
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"PocketPilot: {exc}"))
+            self.set_state("no-model", str(exc))
             return
         import torch  # loaded with the model by now
 
